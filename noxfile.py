@@ -1,0 +1,104 @@
+"""Test sessions. ``nox -s tests`` runs the whole matrix that this machine can run.
+
+Pythons come from PATH; under pyenv, every installed 3.11+ version is made
+visible. A Python that is not found, or PostgreSQL that is not reachable, skips
+its sessions with a message (set DJASYNCTEST_REQUIRE_POSTGRES=1 to fail
+instead, as CI does).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.error_on_missing_interpreters = False
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+PYTHONS = ["3.11", "3.12", "3.13", "3.14"]
+DJANGOS = {"5.2": "django>=5.2,<6.0", "6.0": "django>=6.0,<6.1", "6.1": "django>=6.1,<6.2"}
+# Django's own support: 6.0 and later need Python 3.12+.
+MATRIX = [
+    (python, django)
+    for python in PYTHONS
+    for django in DJANGOS
+    if not (django >= "6.0" and python == "3.11")
+]
+DATABASES = ["sqlite", "sqlite-file", "postgres"]
+
+
+def _pyenv_version() -> str | None:
+    """Every installed pyenv CPython 3.11+, newest patch of each, for PYENV_VERSION."""
+    if not shutil.which("pyenv"):
+        return None
+    out = subprocess.run(
+        ["pyenv", "versions", "--bare"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    newest: dict[str, tuple[int, ...]] = {}
+    for version in out:
+        parts = version.split(".")
+        if len(parts) != 3 or not all(part.isdigit() for part in parts):
+            continue
+        numbers = tuple(int(part) for part in parts)
+        minor = f"{numbers[0]}.{numbers[1]}"
+        if minor in PYTHONS and numbers > newest.get(minor, ()):
+            newest[minor] = numbers
+    return ":".join(".".join(map(str, v)) for _, v in sorted(newest.items())) or None
+
+
+if "PYENV_VERSION" not in os.environ and (_found := _pyenv_version()):
+    os.environ["PYENV_VERSION"] = _found
+
+
+def _postgres_reachable(session: nox.Session) -> bool:
+    probe = (
+        "import os, psycopg; psycopg.connect(dbname='postgres', "
+        "host=os.environ.get('PGHOST', 'localhost'), "
+        "user=os.environ.get('PGUSER', 'djasynctest'), "
+        "password=os.environ.get('PGPASSWORD', 'djasynctest'), connect_timeout=3).close()"
+    )
+    try:
+        session.run("python", "-c", probe, silent=True)
+    except nox.command.CommandFailed:
+        return False
+    return True
+
+
+def _install(session: nox.Session, django: str, db: str) -> None:
+    packages = [DJANGOS[django], "-e", ".", "-r", "tests/requirements.txt"]
+    if db == "postgres":
+        packages.append("psycopg[binary]>=3.1")
+    session.install(*packages)
+
+
+@nox.session
+@nox.parametrize(("python", "django"), MATRIX)
+@nox.parametrize("db", DATABASES)
+def tests(session: nox.Session, django: str, db: str) -> None:
+    """The library's test suite on one Python, one Django and one database."""
+    _install(session, django, db)
+    if db == "postgres" and not _postgres_reachable(session):
+        message = (
+            "PostgreSQL is not reachable (PGHOST/PGUSER/PGPASSWORD, defaults "
+            "localhost/djasynctest/djasynctest): start it, or see .ci/run."
+        )
+        if os.environ.get("DJASYNCTEST_REQUIRE_POSTGRES"):
+            session.error(message)
+        session.skip(message)
+    session.run(
+        "python", "-W", "error", "-m", "pytest", *session.posargs,
+        env={"DJASYNCTEST_DB": db, "PYTHONDEVMODE": "1"},
+    )
+
+
+@nox.session(python=None)
+def example(session: nox.Session) -> None:
+    """The example project's async test suite, on SQLite, as a user runs it."""
+    session.install("-e", ".", "-r", "examples/shop/requirements.txt")
+    session.chdir("examples/shop")
+    session.run("python", "-W", "error", "manage.py", "test", *session.posargs)

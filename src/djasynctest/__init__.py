@@ -1,0 +1,26 @@
+"""Fully async Django tests on ``unittest.IsolatedAsyncioTestCase``."""
+
+from __future__ import annotations
+
+from djasynctest._bootstrap import setup_django
+
+# Under plain ``python -m unittest``, test modules imported after this one may
+# import models at module level: set Django up first (only when
+# DJANGO_SETTINGS_MODULE is set and the app registry is not ready yet).
+setup_django()
+
+from djasynctest._case import (  # noqa: E402
+    AsyncSimpleTestCase,
+    AsyncTestCase,
+    AsyncTestMixin,
+    AsyncTransactionTestCase,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "AsyncSimpleTestCase",
+    "AsyncTestCase",
+    "AsyncTestMixin",
+    "AsyncTransactionTestCase",
+)

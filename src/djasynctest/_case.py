@@ -1,0 +1,393 @@
+"""AsyncTestMixin: Django's test cases on IsolatedAsyncioTestCase.
+
+How a test runs (M = the test's thread, which runs its event loop; D = the
+process's DB thread, which owns every database connection):
+
+1. ``setUpClass`` / ``tearDownClass`` / ``doClassCleanups`` (Django's and the
+   user's) run on D: class atomics, fixtures and ``setUpTestData`` open their
+   transactions on D's connections. Django calls an ``async def
+   setUpTestData`` through ``async_to_sync`` on D, which sends it to the event
+   loop that M runs meanwhile; its ORM calls come back to D.
+2. ``_setupAsyncioRunner`` (M) hands Django's per-test ``_pre_setup`` (client,
+   mail outbox, per-test atomics) to D, then builds the event loop while D
+   works; ``_callSetUp`` (M) waits for it and registers ``_post_teardown``
+   (rollback) as the first cleanup, so that it runs after every other one.
+3. Each hook, the test and each cleanup runs where it belongs: coroutine
+   functions on the loop (M), in the test's ``contextvars.Context``; plain
+   functions on D, in that same context. The loop runs only while async code
+   runs, so the two never use the context at the same time.
+4. The first coroutine of a test enters the routing context (see
+   ``_routing``): thread-sensitive ``sync_to_async`` calls, which is all of
+   Django's async ORM and request handling, go to D.
+5. ``_tearDownAsyncioRunner`` (M) exits the routing context, finishes a
+   teardown that an exception skipped (``debug()``), and closes the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import unittest
+import warnings
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, ClassVar
+
+from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
+from django.core.exceptions import SynchronousOnlyOperation
+from django.db import connections
+from django.test import SimpleTestCase, TestCase, TransactionTestCase
+
+from djasynctest._bootstrap import ensure_test_databases
+from djasynctest._dbthread import DBThread, db_thread
+from djasynctest._routing import routing_context
+
+__unittest = True
+
+SYNC_ORM_HINT = (
+    "djasynctest: in async tests and hooks, use the async ORM API "
+    "(await Model.objects.acreate(...), await qs.acount(), [x async for x in qs]) "
+    "or wrap sync code in asgiref.sync.sync_to_async(); either way it runs on the "
+    "test's DB thread, inside the test's transaction."
+)
+
+_CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
+
+
+class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
+    """Run a Django test case on IsolatedAsyncioTestCase, its database work on one thread.
+
+    Put it first in the bases: ``class T(AsyncTestMixin, django.test.TestCase)``.
+    """
+
+    #: Called with no arguments to make each test's event loop (e.g. ``uvloop.new_event_loop``).
+    loop_factory: ClassVar[Callable[[], asyncio.AbstractEventLoop] | None] = None
+    #: Run the loop in asyncio debug mode (slow; IsolatedAsyncioTestCase's default).
+    loop_debug: ClassVar[bool] = False
+
+    _djat_pre_setup: Future[None] | None
+    _djat_routing: ThreadSensitiveContext | None
+    _djat_teardown_due: bool
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_bases(cls)
+        for name in _CLASS_HOOKS:
+            _run_class_hook_on_db_thread(cls, name)
+        _make_async_set_up_test_data_callable(cls)
+
+    def __init__(self, methodName: str = "runTest") -> None:
+        super().__init__(methodName)
+        self._djat_reset()
+
+    def _djat_reset(self) -> None:
+        self._djat_pre_setup = None
+        self._djat_routing = None
+        self._djat_teardown_due = False
+
+    # --- Entry points -------------------------------------------------------
+
+    def __call__(self, result: unittest.TestResult | None = None) -> Any:  # type: ignore[override]
+        # Django's __call__ wraps async tests in async_to_sync and runs
+        # _pre_setup on the calling thread; run() does both our way.
+        return self.run(result)
+
+    def debug(self) -> None:
+        # IsolatedAsyncioTestCase.debug would reach Django's debug() through
+        # super(); go to unittest's directly, with the loop around it.
+        self._setupAsyncioRunner()
+        try:
+            unittest.TestCase.debug(self)
+        finally:
+            self._tearDownAsyncioRunner()
+
+    # --- Class level (runs on the DB thread, see __init_subclass__) ---------
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        super().tearDownClass()
+
+    @classmethod
+    def doClassCleanups(cls) -> None:
+        super().doClassCleanups()
+
+    # --- Per test -----------------------------------------------------------
+
+    def _setupAsyncioRunner(self) -> None:
+        # M. Start the per-test database setup on D first, so that D opens
+        # the atomics while M builds the loop.
+        assert self._asyncioRunner is None, "asyncio runner is already initialized"
+        if not _is_skipped(self):
+            self._djat_pre_setup = db_thread().submit(self._djat_run_pre_setup)
+        self._asyncioRunner = asyncio.Runner(
+            debug=self.loop_debug, loop_factory=self.loop_factory
+        )
+
+    def _djat_run_pre_setup(self) -> None:
+        # D.
+        cls = type(self)
+        if cls._pre_setup_ran_eagerly:  # type: ignore[attr-defined]
+            cls._pre_setup_ran_eagerly = False  # type: ignore[attr-defined]
+        else:
+            self._pre_setup()  # type: ignore[attr-defined]
+
+    def _djat_post_teardown(self) -> None:
+        # D, as the last cleanup.
+        self._djat_teardown_due = False
+        self._post_teardown()  # type: ignore[attr-defined]
+
+    def _callSetUp(self) -> None:
+        # M.
+        pending, self._djat_pre_setup = self._djat_pre_setup, None
+        if pending is not None:
+            _wait(pending)
+            self._djat_teardown_due = True
+            self.addCleanup(self._djat_post_teardown)
+        assert self._asyncioRunner is not None
+        self._asyncioRunner.get_loop()
+        if _overrides(self, "setUp", unittest.TestCase):
+            self._djat_call(self.setUp)
+        if _overrides(self, "asyncSetUp", unittest.IsolatedAsyncioTestCase):
+            self._djat_call(self.asyncSetUp)
+
+    def _callTestMethod(self, method: Callable[[], Any]) -> None:
+        if self._djat_call(method) is not None:
+            warnings.warn(
+                f"It is deprecated to return a value that is not None from a "
+                f"test case ({method})",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+
+    def _callTearDown(self) -> None:
+        if _overrides(self, "asyncTearDown", unittest.IsolatedAsyncioTestCase):
+            self._djat_call(self.asyncTearDown)
+        if _overrides(self, "tearDown", unittest.TestCase):
+            self._djat_call(self.tearDown)
+
+    def _callCleanup(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        self._djat_call(function, *args, **kwargs)
+
+    def _tearDownAsyncioRunner(self) -> None:
+        # M.
+        runner = self._asyncioRunner
+        if runner is None:
+            return
+        try:
+            pending, self._djat_pre_setup = self._djat_pre_setup, None
+            if pending is not None:
+                # run() ended before setUp (e.g. an error from the result
+                # object): undo the per-test setup all the same.
+                _wait(pending)
+                self._djat_teardown_due = True
+                self.addCleanup(self._djat_post_teardown)
+            if self._djat_teardown_due:
+                # debug() stops at the first exception and skips cleanups;
+                # the rollback must happen anyway.
+                self.doCleanups()
+            if self._djat_routing is not None:
+                runner.run(
+                    self._djat_routing.__aexit__(None, None, None),
+                    context=self._asyncioTestContext,
+                )
+        finally:
+            self._djat_reset()
+            self._asyncioRunner = None
+            runner.close()
+
+    def __del__(self) -> None:
+        runner = self._asyncioRunner
+        if runner is not None:
+            self._asyncioRunner = None
+            runner.close()
+
+    # --- Dispatch -----------------------------------------------------------
+
+    def _djat_call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a hook, test or cleanup: coroutines on the loop, the rest on D."""
+        if inspect.iscoroutinefunction(func):
+            return self._djat_run_coroutine(func(*args, **kwargs))
+        return db_thread().call(self._asyncioTestContext.run, func, *args, **kwargs)
+
+    def _djat_run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        # M: runs the loop until coro is done.
+        assert self._asyncioRunner is not None, "asyncio runner is not initialized"
+        if self._djat_routing is None:
+            self._djat_routing = routing_context(db_thread())
+            coro = _entered(self._djat_routing, coro)
+        try:
+            return self._asyncioRunner.run(coro, context=self._asyncioTestContext)
+        except SynchronousOnlyOperation as exc:
+            if SYNC_ORM_HINT not in getattr(exc, "__notes__", ()):
+                exc.add_note(SYNC_ORM_HINT)
+            raise
+
+    # --- Pickling (parallel runners send test instances to workers) ---------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())  # type: ignore[misc]
+        for name in ("_asyncioTestContext", "_asyncioRunner", "_djat_pre_setup", "_djat_routing"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._asyncioRunner = None
+        self._asyncioTestContext = contextvars.copy_context()
+        self._djat_reset()
+
+
+async def _entered(routing: ThreadSensitiveContext, coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        await routing.__aenter__()
+    except BaseException:
+        coro.close()
+        raise
+    return await coro
+
+
+async def _on_db_thread_from_loop(
+    db: DBThread, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Any:
+    async with routing_context(db):
+        return await sync_to_async(func)(*args, **kwargs)
+
+
+def _wait(future: Future[None]) -> None:
+    __tracebackhide__ = True
+    exc = future.exception()
+    if exc is not None:
+        raise exc
+
+
+def _is_skipped(case: unittest.TestCase) -> bool:
+    method = getattr(case, case._testMethodName)
+    return bool(
+        getattr(type(case), "__unittest_skip__", False)
+        or getattr(method, "__unittest_skip__", False)
+    )
+
+
+def _overrides(case: unittest.TestCase, name: str, base: type) -> bool:
+    """Whether ``name`` does anything: skipping the no-op defaults saves a thread hop each."""
+    return getattr(type(case), name) is not getattr(base, name)
+
+
+def _check_bases(cls: type) -> None:
+    mro = cls.__mro__
+    for base in mro[: mro.index(AsyncTestMixin)]:
+        if issubclass(base, SimpleTestCase) and not issubclass(base, AsyncTestMixin):
+            msg = (
+                f"AsyncTestMixin must come before {base.__qualname__} in the bases of "
+                f"{cls.__module__}.{cls.__qualname__}: "
+                f"class {cls.__name__}(AsyncTestMixin, {base.__name__})."
+            )
+            raise TypeError(msg)
+    if not issubclass(cls, SimpleTestCase):
+        msg = (
+            f"{cls.__module__}.{cls.__qualname__} has AsyncTestMixin but no Django test "
+            f"case: add one after it, as in class {cls.__name__}(AsyncTestMixin, "
+            f"django.test.TestCase), or subclass djasynctest.AsyncTestCase."
+        )
+        raise TypeError(msg)
+
+
+def _run_class_hook_on_db_thread(cls: type, name: str) -> None:
+    """Make the class hook ``name`` defined on ``cls`` run on the DB thread.
+
+    unittest (and pytest) call ``setUpClass``, ``tearDownClass`` and
+    ``doClassCleanups`` on the test's thread; the wrapper sends the whole call,
+    the user's code and Django's chain behind ``super()``, to the DB thread.
+    """
+    attr = cls.__dict__.get(name)
+    if attr is None:
+        return
+    func = getattr(attr, "__func__", attr)
+    if inspect.iscoroutinefunction(func):
+        msg = (
+            f"{cls.__module__}.{cls.__qualname__}.{name} is async, but unittest calls "
+            f"{name} synchronously: make it a plain classmethod (it runs on the DB "
+            f"thread, so the sync ORM works there)."
+        )
+        raise TypeError(msg)
+    if not isinstance(attr, classmethod) or getattr(func, "_djat_db_thread", False):
+        return
+
+    @functools.wraps(func)
+    def on_db_thread(klass: type[AsyncTestMixin], /, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        db = db_thread()
+        if db.is_current():
+            return func(klass, *args, **kwargs)
+        if name != "setUpClass":
+            return db.call(func, klass, *args, **kwargs)
+        ensure_test_databases(_aliases(klass))
+        # M runs an event loop while D sets the class up, so that an async
+        # setUpTestData, called by Django through async_to_sync on D, runs
+        # here on M with its ORM calls sent back to D.
+        with asyncio.Runner(debug=klass.loop_debug, loop_factory=klass.loop_factory) as runner:
+            return runner.run(_on_db_thread_from_loop(db, func, klass, *args, **kwargs))
+
+    on_db_thread._djat_db_thread = True  # type: ignore[attr-defined]
+    setattr(cls, name, classmethod(on_db_thread))
+
+
+def _aliases(cls: type[SimpleTestCase]) -> set[str]:
+    databases = cls.databases
+    return set(connections) if databases == "__all__" else set(databases)
+
+
+class _AsyncSetUpTestData:
+    """Stands in for an ``async def setUpTestData`` so that Django can call it.
+
+    Django calls ``cls.setUpTestData()`` synchronously, on the DB thread: with
+    no loop running there, the coroutine runs through ``async_to_sync``, which
+    sends its ORM calls back to the DB thread. Awaited from async code (a
+    subclass's ``await super().setUpTestData()``), it is the coroutine itself.
+    """
+
+    def __init__(self, func: Callable[..., Coroutine[Any, Any, None]]) -> None:
+        self.func = func
+
+    def __get__(self, instance: object, owner: type) -> Callable[..., Any]:
+        func = self.func
+
+        @functools.wraps(func)
+        def setUpTestData(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return async_to_sync(func)(owner, *args, **kwargs)
+            return func(owner, *args, **kwargs)
+
+        return setUpTestData
+
+
+def _make_async_set_up_test_data_callable(cls: type) -> None:
+    attr = cls.__dict__.get("setUpTestData")
+    func = getattr(attr, "__func__", attr)
+    if isinstance(attr, classmethod) and inspect.iscoroutinefunction(func):
+        setattr(cls, "setUpTestData", _AsyncSetUpTestData(func))
+
+
+for _name in _CLASS_HOOKS:
+    _run_class_hook_on_db_thread(AsyncTestMixin, _name)
+
+
+class AsyncSimpleTestCase(AsyncTestMixin, SimpleTestCase):
+    """``django.test.SimpleTestCase`` with async tests and hooks: no database."""
+
+
+class AsyncTransactionTestCase(AsyncTestMixin, TransactionTestCase):
+    """``django.test.TransactionTestCase`` with async tests and hooks."""
+
+
+class AsyncTestCase(AsyncTestMixin, TestCase):
+    """``django.test.TestCase`` with async tests and hooks, each test rolled back."""
+

@@ -1,0 +1,131 @@
+"""The DB thread: one worker thread that owns the database connections.
+
+Django keeps one connection per alias *per thread*. A test's transactions
+(the class atomic, the per-test atomic) live on the connections of the thread
+that opened them, so every piece of database work of a test must run on that
+same thread. This module provides that thread as a ``concurrent.futures``
+executor, so that both plain code (``call``) and asyncio
+(``loop.run_in_executor`` / asgiref's thread-sensitive routing) can use it.
+
+It knows nothing about tests.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+from typing_extensions import ParamSpec
+
+from djasynctest._routing import forget_event_loop
+
+__unittest = True
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_Job = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class DBThread(Executor):
+    """A single daemon thread that runs submitted callables one at a time."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._closed = False
+        self.pid = os.getpid()
+        self.thread = threading.Thread(
+            target=self._work, name="djasynctest-db", daemon=True
+        )
+        self.thread.start()
+
+    def is_current(self) -> bool:
+        """Whether the calling code runs on this thread."""
+        return threading.current_thread() is self.thread
+
+    def submit(  # type: ignore[override]
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Future[T]:
+        if self._closed:
+            msg = "The djasynctest DB thread has been shut down; no more work can run on it."
+            raise RuntimeError(msg)
+        future: Future[T] = Future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the DB thread and return its result.
+
+        The caller blocks until it is done. On the DB thread itself, ``fn``
+        simply runs in place, so hooks that call each other never deadlock.
+        """
+        __tracebackhide__ = True
+        if self.is_current():
+            return fn(*args, **kwargs)
+        future = self.submit(fn, *args, **kwargs)
+        exc = future.exception()
+        if exc is not None:
+            # Re-raise without the frames of concurrent.futures: the
+            # traceback goes from the caller straight to the user's code.
+            raise exc
+        return future.result()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+        if wait and not self.is_current():
+            self.thread.join()
+
+    def _work(self) -> None:
+        # Runs on the DB thread for its whole life.
+        while (job := self._jobs.get()) is not None:
+            future, fn, args, kwargs = job
+            del job
+            if future.set_running_or_notify_cancel():
+                # Work that arrives here directly (not through sync_to_async)
+                # must not find a stale event loop left by an earlier call.
+                forget_event_loop()
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    # Drop this frame from the traceback: it starts at fn.
+                    future.set_exception(exc.with_traceback(_tail(exc)))
+                    del exc
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn, args, kwargs
+
+
+def _tail(exc: BaseException) -> Any:
+    tb = exc.__traceback__
+    return tb.tb_next if tb is not None and tb.tb_next is not None else tb
+
+
+_lock = threading.Lock()
+_current: DBThread | None = None
+
+
+def db_thread() -> DBThread:
+    """The process's DB thread, started on first use (again after a fork)."""
+    global _current
+    current = _current
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _lock:
+        if _current is None or _current.pid != os.getpid():
+            _current = DBThread()
+        return _current
+
+
+def running_db_thread() -> DBThread | None:
+    """The process's DB thread if it has been started, without starting one."""
+    current = _current
+    if current is not None and current.pid == os.getpid():
+        return current
+    return None

@@ -1,0 +1,45 @@
+"""How async code under test reaches the DB thread: the one module that knows asgiref.
+
+Django's async ORM, ``AsyncClient`` and the views it calls, async auth and
+sessions all run their database work through asgiref's thread-sensitive
+``sync_to_async``. asgiref picks the thread for such a call in this order:
+
+1. the ``CurrentThreadExecutor`` of an enclosing ``async_to_sync`` call;
+2. the executor of the current ``ThreadSensitiveContext``;
+3. an executor registered for the running loop;
+4. one process-wide thread.
+
+A test enters ``ThreadSensitiveContext(executor=<DB thread>)`` (route 2, a
+public API since asgiref 3.13) inside its ``contextvars.Context``, so every
+task of the test sends its thread-sensitive calls to the DB thread. Request
+handling that opens a ``ThreadSensitiveContext`` of its own (Django's
+``ASGIHandler``) nests inside ours and keeps our executor. When the test ends
+the context is exited: a task that outlives its test and still calls the ORM
+gets asgiref's ``RuntimeError`` instead of writing into the next test.
+
+Sync code that the DB thread runs for ``sync_to_async`` may call
+``async_to_sync``; asgiref then sends the coroutine back to the loop that made
+the call (route 1 brings its thread-sensitive calls back to the DB thread).
+asgiref remembers that loop in a thread-local that it never clears, so work
+sent to the DB thread directly, with no loop waiting on it, clears it first
+(``forget_event_loop``): a stale loop there would make ``async_to_sync`` wait
+forever on a loop that does not run.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
+
+__unittest = True
+
+
+def routing_context(executor: Executor) -> ThreadSensitiveContext:
+    """An async context manager that sends thread-sensitive calls to ``executor``."""
+    return ThreadSensitiveContext(executor=executor)
+
+
+def forget_event_loop() -> None:
+    """Make ``async_to_sync`` on this thread start its own loop, not reuse a stale one."""
+    SyncToAsync.threadlocal.main_event_loop = None

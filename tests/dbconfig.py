@@ -1,0 +1,48 @@
+"""Database settings for the test suites, chosen by DJASYNCTEST_DB.
+
+- ``sqlite`` (default): SQLite, test databases in memory;
+- ``sqlite-file``: SQLite, test databases in files;
+- ``postgres``: PostgreSQL through psycopg 3 (``PGHOST``, ``PGPORT``,
+  ``PGUSER``, ``PGPASSWORD`` as libpq reads them; defaults suit a local server).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+BACKEND = os.environ.get("DJASYNCTEST_DB", "sqlite")
+ALIASES = ("default", "other")
+
+
+def databases(prefix: str) -> dict[str, dict[str, Any]]:
+    if BACKEND == "postgres":
+        return {
+            alias: {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": f"{prefix}_{alias}",
+                "HOST": os.environ.get("PGHOST", "localhost"),
+                "PORT": os.environ.get("PGPORT", "5432"),
+                "USER": os.environ.get("PGUSER", "djasynctest"),
+                "PASSWORD": os.environ.get("PGPASSWORD", "djasynctest"),
+            }
+            for alias in ALIASES
+        }
+    if BACKEND == "sqlite-file":
+        folder = tempfile.gettempdir()
+        return {
+            alias: {
+                "ENGINE": "django.db.backends.sqlite3",
+                "NAME": os.path.join(folder, f"{prefix}_{alias}.sqlite3"),
+                "TEST": {"NAME": os.path.join(folder, f"test_{prefix}_{alias}_{os.getpid()}.sqlite3")},
+            }
+            for alias in ALIASES
+        }
+    if BACKEND == "sqlite":
+        return {
+            alias: {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{prefix}_{alias}.sqlite3"}
+            for alias in ALIASES
+        }
+    msg = f"DJASYNCTEST_DB={BACKEND!r} is not one of 'sqlite', 'sqlite-file', 'postgres'."
+    raise ValueError(msg)

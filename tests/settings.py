@@ -1,0 +1,31 @@
+"""Settings of the library's own test suite."""
+
+from __future__ import annotations
+
+from tests.dbconfig import databases
+
+SECRET_KEY = "djasynctest-tests"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+DATABASES = databases("djasynctest")
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+ROOT_URLCONF = "tests.testapp.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.contrib.auth.context_processors.auth"]},
+    }
+]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

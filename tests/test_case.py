@@ -1,0 +1,517 @@
+"""The test case classes: bases, hook order, threads, isolation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import re
+import unittest
+
+import django.test
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.core.exceptions import SynchronousOnlyOperation
+
+import djasynctest
+from djasynctest import (
+    AsyncSimpleTestCase,
+    AsyncTestCase,
+    AsyncTestMixin,
+    AsyncTransactionTestCase,
+)
+from djasynctest._case import SYNC_ORM_HINT
+from tests.testapp.models import Item, Order
+from tests.utils import assert_passed, leftover_rows, problems, run_case, thread
+
+
+def test_public_names() -> None:
+    assert djasynctest.__all__ == (
+        "AsyncSimpleTestCase",
+        "AsyncTestCase",
+        "AsyncTestMixin",
+        "AsyncTransactionTestCase",
+    )
+
+
+@pytest.mark.parametrize(
+    ("case_class", "django_class"),
+    [
+        (AsyncSimpleTestCase, django.test.SimpleTestCase),
+        (AsyncTransactionTestCase, django.test.TransactionTestCase),
+        (AsyncTestCase, django.test.TestCase),
+    ],
+)
+def test_ready_classes_are_isolated_asyncio_cases(
+    case_class: type[AsyncTestMixin], django_class: type[django.test.SimpleTestCase]
+) -> None:
+    assert issubclass(case_class, unittest.IsolatedAsyncioTestCase)
+    assert issubclass(case_class, django_class)
+    assert case_class.__mro__[1:3] == (AsyncTestMixin, unittest.IsolatedAsyncioTestCase)
+
+
+def test_wrong_base_order_is_a_type_error_naming_the_right_order() -> None:
+    with pytest.raises(TypeError) as info:
+
+        class Wrong(django.test.TestCase, AsyncTestMixin):
+            pass
+
+    assert str(info.value) == (
+        "AsyncTestMixin must come before TestCase in the bases of "
+        "tests.test_case.test_wrong_base_order_is_a_type_error_naming_the_right_order."
+        "<locals>.Wrong: class Wrong(AsyncTestMixin, TestCase)."
+    )
+
+
+def test_mixin_without_django_case_is_a_type_error() -> None:
+    with pytest.raises(TypeError) as info:
+
+        class Lonely(AsyncTestMixin):
+            pass
+
+    assert str(info.value) == (
+        "tests.test_case.test_mixin_without_django_case_is_a_type_error.<locals>.Lonely "
+        "has AsyncTestMixin but no Django test case: add one "
+        "after it, as in class Lonely(AsyncTestMixin, django.test.TestCase), or "
+        "subclass djasynctest.AsyncTestCase."
+    )
+
+
+def test_async_set_up_class_is_a_type_error() -> None:
+    with pytest.raises(TypeError) as info:
+
+        class AsyncClassSetUp(AsyncTestCase):
+            @classmethod
+            async def setUpClass(cls) -> None:
+                pass
+
+    assert str(info.value) == (
+        "tests.test_case.test_async_set_up_class_is_a_type_error.<locals>.AsyncClassSetUp."
+        "setUpClass is async, but unittest calls "
+        "setUpClass synchronously: make it a plain classmethod (it runs on the DB "
+        "thread, so the sync ORM works there)."
+    )
+
+
+def _recording_case(*bases: type) -> type[unittest.TestCase]:
+    """A case that records each hook with the thread it ran on, all async."""
+
+    class Recording(*bases):  # type: ignore[misc]
+        events: list[tuple[str, str]] = []
+
+        @classmethod
+        def setUpClass(cls) -> None:
+            cls.events.append(("setUpClass", thread()))
+            super().setUpClass()
+
+        @classmethod
+        async def setUpTestData(cls) -> None:
+            cls.events.append(("setUpTestData", thread()))
+            cls.item = await Item.objects.acreate(name="class-item")
+
+        async def setUp(self) -> None:
+            self.events.append(("setUp", thread()))
+            self.addAsyncCleanup(self.cleanup_async)
+            self.addCleanup(self.cleanup_sync)
+
+        async def asyncSetUp(self) -> None:
+            self.events.append(("asyncSetUp", thread()))
+
+        async def test_it(self) -> None:
+            self.events.append(("test", thread()))
+            await Order.objects.acreate(item=self.item)
+
+        def test_sync(self) -> None:
+            self.events.append(("test_sync", thread()))
+            Order.objects.create(item=self.item)
+
+        async def asyncTearDown(self) -> None:
+            self.events.append(("asyncTearDown", thread()))
+
+        async def tearDown(self) -> None:
+            self.events.append(("tearDown", thread()))
+
+        async def cleanup_async(self) -> None:
+            self.events.append(("cleanup_async", thread()))
+
+        def cleanup_sync(self) -> None:
+            self.events.append(("cleanup_sync", thread()))
+
+        def _post_teardown(self) -> None:
+            self.events.append(("rollback", thread()))
+            super()._post_teardown()
+
+        @classmethod
+        def tearDownClass(cls) -> None:
+            cls.events.append(("tearDownClass", thread()))
+            super().tearDownClass()
+
+    return Recording
+
+
+PER_TEST = [
+    ("setUp", "main"),
+    ("asyncSetUp", "main"),
+    "test",
+    ("asyncTearDown", "main"),
+    ("tearDown", "main"),
+    ("cleanup_sync", "db"),
+    ("cleanup_async", "main"),
+    ("rollback", "db"),
+]
+
+
+@pytest.mark.parametrize(
+    "bases",
+    [
+        (AsyncTestCase,),
+        (AsyncTestMixin, django.test.TestCase),
+        (AsyncTestMixin, unittest.IsolatedAsyncioTestCase, django.test.TestCase),
+    ],
+    ids=["AsyncTestCase", "mixin", "mixin-with-isolated"],
+)
+def test_hooks_run_in_order_on_their_threads(bases: tuple[type, ...]) -> None:
+    case = _recording_case(*bases)
+    result = run_case(case, "test_it", "test_sync")
+    assert_passed(result, 2)
+    expected = [("setUpClass", "db"), ("setUpTestData", "main")]
+    for name, where in (("test", "main"), ("test_sync", "db")):
+        expected += [(name, where) if step == "test" else step for step in PER_TEST]
+    expected.append(("tearDownClass", "db"))
+    assert case.events == expected  # type: ignore[attr-defined]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_rows_made_anywhere_are_seen_everywhere_in_the_test_and_gone_after() -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Rows(AsyncTestCase):
+        @classmethod
+        def setUpTestData(cls) -> None:
+            cls.item = Item.objects.create(name="sync-class")
+
+        def setUp(self) -> None:
+            Item.objects.create(name="sync-setup")
+
+        async def asyncSetUp(self) -> None:
+            await Item.objects.acreate(name="async-setup")
+
+        async def test_1(self) -> None:
+            await sync_to_async(Item.objects.create)(name="sync-to-async")
+            response = await self.async_client.get("/items/")
+            names = response.json()["items"]
+            seen.append((len(names), await Order.objects.acount()))
+            await Order.objects.acreate(item=self.item)
+
+        def test_2(self) -> None:
+            seen.append((Item.objects.count(), Order.objects.count()))
+            Order.objects.create(item=self.item)
+
+        async def test_3(self) -> None:
+            seen.append((await Item.objects.acount(), await Order.objects.acount()))
+
+    assert_passed(run_case(Rows), 3)
+    # 4 items in test_1 (class, setUp, asyncSetUp, its own), 3 in the others;
+    # the order each test made is gone in the next one.
+    assert seen == [(4, 0), (3, 0), (3, 0)]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_class_data_is_deep_copied_per_test() -> None:
+    names: list[str] = []
+
+    class Copies(AsyncTestCase):
+        @classmethod
+        async def setUpTestData(cls) -> None:
+            cls.item = await Item.objects.acreate(name="original")
+
+        async def test_1(self) -> None:
+            names.append(self.item.name)
+            self.item.name = "changed"
+
+        async def test_2(self) -> None:
+            names.append(self.item.name)
+
+    assert_passed(run_case(Copies), 2)
+    assert names == ["original", "original"]
+
+
+def test_subclass_awaits_parent_async_set_up_test_data() -> None:
+    class Parent(AsyncTestCase):
+        @classmethod
+        async def setUpTestData(cls) -> None:
+            cls.parent = await Item.objects.acreate(name="parent")
+
+    class Child(Parent):
+        @classmethod
+        async def setUpTestData(cls) -> None:
+            await super().setUpTestData()
+            cls.child = await Item.objects.acreate(name="child", price=cls.parent.pk)
+
+        async def test_both(self) -> None:
+            self.assertEqual(await Item.objects.acount(), 2)
+            self.assertEqual(self.child.price, self.parent.pk)
+
+    assert_passed(run_case(Child), 1)
+
+
+def test_fixtures_are_loaded_for_each_test() -> None:
+    counts: list[int] = []
+
+    class WithFixtures(AsyncTestCase):
+        fixtures = ["items.json"]
+
+        async def test_1(self) -> None:
+            item = await Item.objects.aget(pk=100)
+            counts.append(item.price)
+            await item.adelete()
+
+        async def test_2(self) -> None:
+            counts.append(await Item.objects.filter(name="fixture-ink").acount())
+
+    assert_passed(run_case(WithFixtures), 2)
+    assert counts == [3, 1]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_clients_are_fresh_per_test_and_logins_work() -> None:
+    seen: list[object] = []
+
+    class Clients(AsyncTestCase):
+        async def setUp(self) -> None:
+            self.user = await User.objects.acreate(username="user")
+            self.user.set_password("secret")
+            await self.user.asave()
+            seen.append((self.client, self.async_client))
+
+        async def test_force_login(self) -> None:
+            await self.async_client.aforce_login(self.user)
+            response = await self.async_client.get("/orders/")
+            self.assertEqual(response.status_code, 200)
+            await self.async_client.alogout()
+            response = await self.async_client.get("/orders/")
+            self.assertEqual(response.status_code, 302)
+
+        async def test_login(self) -> None:
+            self.assertTrue(await self.async_client.alogin(username="user", password="secret"))
+            item = await Item.objects.acreate(name="pen")
+            response = await self.async_client.post("/orders/", {"item": item.pk})
+            self.assertEqual(response.status_code, 201)
+            self.assertEqual(await Order.objects.filter(user=self.user).acount(), 1)
+
+        def test_sync_client(self) -> None:
+            self.client.force_login(self.user)
+            self.assertEqual(self.client.get("/orders/").json(), {"orders": 0})
+
+    assert_passed(run_case(Clients), 3)
+    assert len({id(pair[0]) for pair in seen}) == 3
+    assert len({id(pair[1]) for pair in seen}) == 3
+    assert User.objects.count() == 0
+    from django.contrib.sessions.models import Session
+
+    assert Session.objects.count() == 0
+
+
+def test_sync_orm_in_async_test_gets_django_error_with_hint() -> None:
+    class SyncOrm(AsyncTestCase):
+        async def test_it(self) -> None:
+            Item.objects.count()
+
+    result = run_case(SyncOrm)
+    [text] = problems(result)
+    assert "SynchronousOnlyOperation: You cannot call this from an async context" in text
+    assert text.rstrip().endswith(SYNC_ORM_HINT)
+
+
+def test_sync_orm_hint_is_a_note_on_the_original_exception() -> None:
+    class SyncOrm(AsyncTestCase):
+        async def test_it(self) -> None:
+            Item.objects.count()
+
+    with pytest.raises(SynchronousOnlyOperation) as info:
+        SyncOrm("test_it").debug()
+    assert info.value.__notes__ == [SYNC_ORM_HINT]
+
+
+def test_simple_test_case_refuses_queries_from_async_code() -> None:
+    class NoDatabase(AsyncSimpleTestCase):
+        async def test_async(self) -> None:
+            await Item.objects.acount()
+
+        def test_sync(self) -> None:
+            Item.objects.count()
+
+    result = run_case(NoDatabase)
+    texts = problems(result)
+    assert len(texts) == 2
+    for text in texts:
+        assert "Database queries to 'default' are not allowed in SimpleTestCase subclasses" in text
+
+
+@pytest.mark.parametrize(
+    "failure", [ValueError("boom"), asyncio.CancelledError()], ids=["raises", "cancelled"]
+)
+@pytest.mark.parametrize("hook", ["setUp", "asyncSetUp", "test", "asyncTearDown", "cleanup"])
+def test_failing_hook_is_reported_and_rolled_back(hook: str, failure: BaseException) -> None:
+    seen: list[int] = []
+
+    class Failing(AsyncTestCase):
+        async def setUp(self) -> None:
+            await Item.objects.acreate(name="setup")
+            self.addAsyncCleanup(self.cleanup)
+            if hook == "setUp" and self._testMethodName == "test_1_fails":
+                raise failure
+
+        async def asyncSetUp(self) -> None:
+            if hook == "asyncSetUp" and self._testMethodName == "test_1_fails":
+                raise failure
+
+        async def test_1_fails(self) -> None:
+            await Item.objects.acreate(name="test")
+            if hook == "test":
+                raise failure
+
+        async def test_2_clean(self) -> None:
+            seen.append(await Item.objects.acount())
+
+        async def asyncTearDown(self) -> None:
+            await Order.objects.acreate(item=await Item.objects.aget(name="setup"))
+            if hook == "asyncTearDown" and self._testMethodName == "test_1_fails":
+                raise failure
+
+        async def cleanup(self) -> None:
+            if hook == "cleanup" and self._testMethodName == "test_1_fails":
+                raise failure
+
+    result = run_case(Failing)
+    assert result.testsRun == 2
+    [(case, text)] = result.errors
+    assert case.id().endswith("test_1_fails")  # type: ignore[attr-defined]
+    assert type(failure).__name__ in text
+    assert seen == [1]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_debug_raises_and_still_rolls_back() -> None:
+    class Debugged(AsyncTestCase):
+        async def test_it(self) -> None:
+            await Item.objects.acreate(name="debug")
+            raise ValueError("in debug")
+
+    Debugged.setUpClass()
+    try:
+        with pytest.raises(ValueError, match="in debug"):
+            Debugged("test_it").debug()
+    finally:
+        Debugged.tearDownClass()
+        Debugged.doClassCleanups()
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_failing_set_up_test_data_rolls_back_the_class() -> None:
+    class BadClassData(AsyncTestCase):
+        @classmethod
+        async def setUpTestData(cls) -> None:
+            await Item.objects.acreate(name="half-made")
+            raise ValueError("class data")
+
+        async def test_never_runs(self) -> None:
+            raise AssertionError("unreachable")
+
+    result = run_case(BadClassData)
+    [(case, text)] = result.errors
+    assert "setUpClass" in str(case)
+    assert "ValueError: class data" in text
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_hundred_async_tests_in_a_row_are_isolated() -> None:
+    counts: list[int] = []
+
+    async def body(self: AsyncTestCase) -> None:
+        await Item.objects.acreate(name="same-name-every-time")
+        counts.append(await Item.objects.acount())
+
+    methods = {f"test_{i:03}": body for i in range(100)}
+    Many = type("Many", (AsyncTestCase,), {"__module__": __name__, **methods})
+    assert_passed(run_case(Many), 100)
+    assert counts == [1] * 100
+
+
+@pytest.mark.skipif(
+    os.environ.get("DJASYNCTEST_DB") == "postgres",
+    reason="the table lock is SQLite's; on PostgreSQL the naive mix leaks rows instead",
+)
+def test_naive_mix_of_test_case_and_isolated_asyncio_fails() -> None:
+    """The problem the library solves: Django's atomics and the async ORM on different threads."""
+
+    @classmethod  # type: ignore[misc]
+    def set_up_test_data(cls: type) -> None:
+        Item.objects.create(name="class-data")
+
+    async def async_set_up(self: unittest.TestCase) -> None:
+        await Item.objects.acreate(name=self._testMethodName)
+
+    async def test(self: unittest.TestCase) -> None:
+        self.assertEqual(await Item.objects.acount(), 2)
+
+    attrs = {
+        "__module__": __name__,
+        "setUpTestData": set_up_test_data,
+        "asyncSetUp": async_set_up,
+        "test_1": test,
+        "test_2": test,
+    }
+    Naive = type("Naive", (unittest.IsolatedAsyncioTestCase, django.test.TestCase), attrs)
+    texts = problems(run_case(Naive))
+    assert texts
+    # In memory: "database table is locked"; in a file: "database is locked".
+    assert all(re.search("database (table )?is locked", text) for text in texts)
+    Ours = type("Ours", (AsyncTestCase,), attrs)
+    assert_passed(run_case(Ours), 2)
+
+
+def test_transaction_test_case_flushes_after_each_test() -> None:
+    counts: list[int] = []
+
+    class Flushing(AsyncTransactionTestCase):
+        async def test_1(self) -> None:
+            await Item.objects.acreate(name="committed")
+            counts.append(await Item.objects.acount())
+
+        def test_2(self) -> None:
+            counts.append(Item.objects.count())
+
+    assert_passed(run_case(Flushing), 2)
+    assert counts == [1, 0]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_both_databases_are_rolled_back() -> None:
+    class TwoDatabases(AsyncTestCase):
+        databases = {"default", "other"}
+
+        async def test_it(self) -> None:
+            await Item.objects.acreate(name="default")
+            await Item.objects.using("other").acreate(name="other")
+            self.assertEqual(await Item.objects.using("other").acount(), 1)
+
+    assert_passed(run_case(TwoDatabases), 1)
+    assert Item.objects.using("other").count() == 0
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+class _Picklable(AsyncTestCase):
+    __test__ = False  # run by the test below, not collected on its own
+
+    async def test_it(self) -> None:
+        pass
+
+
+def test_instances_pickle_for_parallel_runners() -> None:
+    case = pickle.loads(pickle.dumps(_Picklable("test_it")))
+    assert case._testMethodName == "test_it"
+    result = unittest.TestResult()
+    unittest.TestSuite([case]).run(result)
+    assert_passed(result, 1)

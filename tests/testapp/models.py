@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Item(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    price = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Order(models.Model):
+    item = models.ForeignKey(Item, on_delete=models.CASCADE)
+    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL)

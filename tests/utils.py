@@ -1,0 +1,44 @@
+"""Helpers to build test cases inside tests and run them as unittest would."""
+
+from __future__ import annotations
+
+import threading
+import unittest
+from typing import Any
+
+from tests.testapp.models import Item, Order
+
+
+def run_case(case_class: type[unittest.TestCase], *names: str) -> unittest.TestResult:
+    """Run the named tests (all of them by default) of a class, with its class fixtures."""
+    loader = unittest.TestLoader()
+    loader.sortTestMethodsUsing = None  # type: ignore[assignment]
+    if names:
+        suite = unittest.TestSuite(case_class(name) for name in names)
+    else:
+        suite = loader.loadTestsFromTestCase(case_class)
+    result = unittest.TestResult()
+    suite.run(result)
+    return result
+
+
+def problems(result: unittest.TestResult) -> list[str]:
+    """Every error and failure, as the traceback text unittest keeps."""
+    return [text for _, text in result.errors + result.failures]
+
+
+def assert_passed(result: unittest.TestResult, count: int) -> None:
+    assert problems(result) == []
+    assert result.testsRun == count
+    assert not result.skipped
+
+
+def thread() -> str:
+    """Where the caller runs: 'db' (the DB thread) or 'main' (the test's thread)."""
+    name = threading.current_thread().name
+    return "db" if name == "djasynctest-db" else "main" if name == "MainThread" else name
+
+
+def leftover_rows() -> dict[str, Any]:
+    """Rows committed to the test database, read from the test's own thread's connection."""
+    return {"items": list(Item.objects.values_list("name", flat=True)), "orders": Order.objects.count()}
