@@ -91,7 +91,12 @@ def tests(session: nox.Session, django: str, db: str) -> None:
             session.error(message)
         session.skip(message)
     session.run(
-        "python", "-W", "error", "-m", "pytest", *session.posargs,
+        "python",
+        "-W",
+        "error",
+        "-m",
+        "pytest",
+        *session.posargs,
         env={"DJASYNCTEST_DB": db, "PYTHONDEVMODE": "1"},
     )
 

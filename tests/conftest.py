@@ -16,5 +16,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if isinstance(item, pytest.Function) and item.cls is None:
             item.add_marker(pytest.mark.django_db(transaction=True, databases="__all__"))
 
+
 # A user's project that tests/test_runners.py runs in subprocesses.
 collect_ignore = ["runnerproject"]

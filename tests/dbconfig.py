@@ -35,7 +35,9 @@ def databases(prefix: str) -> dict[str, dict[str, Any]]:
             alias: {
                 "ENGINE": "django.db.backends.sqlite3",
                 "NAME": os.path.join(folder, f"{prefix}_{alias}.sqlite3"),
-                "TEST": {"NAME": os.path.join(folder, f"test_{prefix}_{alias}_{os.getpid()}.sqlite3")},
+                "TEST": {
+                    "NAME": os.path.join(folder, f"test_{prefix}_{alias}_{os.getpid()}.sqlite3")
+                },
             }
             for alias in ALIASES
         }

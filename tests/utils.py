@@ -41,4 +41,7 @@ def thread() -> str:
 
 def leftover_rows() -> dict[str, Any]:
     """Rows committed to the test database, read from the test's own thread's connection."""
-    return {"items": list(Item.objects.values_list("name", flat=True)), "orders": Order.objects.count()}
+    return {
+        "items": list(Item.objects.values_list("name", flat=True)),
+        "orders": Order.objects.count(),
+    }

@@ -102,6 +102,5 @@ def _teardown(state: _TestDatabases) -> None:
     # SQLite ignores close() on in-memory test databases; now that their
     # names are restored, the connections of both threads really close.
     if db is not None:
-        db.call(connections.close_all)
-        db.shutdown()
+        db.stop(timeout=5)
     connections.close_all()

@@ -125,9 +125,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         assert self._asyncioRunner is None, "asyncio runner is already initialized"
         if not _is_skipped(self):
             self._djat_pre_setup = db_thread().submit(self._djat_run_pre_setup)
-        self._asyncioRunner = asyncio.Runner(
-            debug=self.loop_debug, loop_factory=self.loop_factory
-        )
+        self._asyncioRunner = asyncio.Runner(debug=self.loop_debug, loop_factory=self.loop_factory)
 
     def _djat_run_pre_setup(self) -> None:
         # D.
@@ -159,8 +157,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _callTestMethod(self, method: Callable[[], Any]) -> None:
         if self._djat_call(method) is not None:
             warnings.warn(
-                f"It is deprecated to return a value that is not None from a "
-                f"test case ({method})",
+                f"It is deprecated to return a value that is not None from a test case ({method})",
                 DeprecationWarning,
                 stacklevel=4,
             )
@@ -373,7 +370,7 @@ def _make_async_set_up_test_data_callable(cls: type) -> None:
     attr = cls.__dict__.get("setUpTestData")
     func = getattr(attr, "__func__", attr)
     if isinstance(attr, classmethod) and inspect.iscoroutinefunction(func):
-        setattr(cls, "setUpTestData", _AsyncSetUpTestData(func))
+        cls.setUpTestData = _AsyncSetUpTestData(func)
 
 
 for _name in _CLASS_HOOKS:
@@ -390,4 +387,3 @@ class AsyncTransactionTestCase(AsyncTestMixin, TransactionTestCase):
 
 class AsyncTestCase(AsyncTestMixin, TestCase):
     """``django.test.TestCase`` with async tests and hooks, each test rolled back."""
-

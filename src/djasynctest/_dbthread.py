@@ -12,6 +12,7 @@ It knows nothing about tests.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Callable
@@ -34,13 +35,12 @@ _Job = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 class DBThread(Executor):
     """A single daemon thread that runs submitted callables one at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_stop: Callable[[], object] | None = None) -> None:
+        self._on_stop = on_stop
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._closed = False
         self.pid = os.getpid()
-        self.thread = threading.Thread(
-            target=self._work, name="djasynctest-db", daemon=True
-        )
+        self.thread = threading.Thread(target=self._work, name="djasynctest-db", daemon=True)
         self.thread.start()
 
     def is_current(self) -> bool:
@@ -75,11 +75,15 @@ class DBThread(Executor):
         return future.result()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.stop(timeout=None if wait else 0)
+
+    def stop(self, timeout: float | None) -> None:
+        """Let the thread finish its queued work, run ``on_stop`` and end; wait up to ``timeout``."""
         if not self._closed:
             self._closed = True
             self._jobs.put(None)
-        if wait and not self.is_current():
-            self.thread.join()
+        if timeout != 0 and not self.is_current():
+            self.thread.join(timeout)
 
     def _work(self) -> None:
         # Runs on the DB thread for its whole life.
@@ -100,6 +104,8 @@ class DBThread(Executor):
                     future.set_result(result)
                     del result
             del future, fn, args, kwargs
+        if self._on_stop is not None:
+            self._on_stop()
 
 
 def _tail(exc: BaseException) -> Any:
@@ -119,8 +125,17 @@ def db_thread() -> DBThread:
         return current
     with _lock:
         if _current is None or _current.pid != os.getpid():
-            _current = DBThread()
+            _current = DBThread(on_stop=_close_connections)
+            # At exit, close its connections (a database cannot be dropped
+            # while they are open), without waiting forever on a hung query.
+            atexit.register(_current.stop, timeout=5)
         return _current
+
+
+def _close_connections() -> None:
+    from django.db import connections
+
+    connections.close_all()
 
 
 def running_db_thread() -> DBThread | None:

@@ -80,5 +80,6 @@ class OrderEventsTests(AsyncTestCase):
 
 
 def _event(chunk):
-    assert chunk.startswith(b"data: ") and chunk.endswith(b"\n\n"), chunk
+    assert chunk.startswith(b"data: "), chunk
+    assert chunk.endswith(b"\n\n"), chunk
     return json.loads(chunk[len(b"data: ") :])

@@ -1,0 +1,66 @@
+"""Django setup and test databases under plain unittest, in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.dbconfig import BACKEND
+from tests.test_runners import ROOT, assert_unittest_ok, run
+
+
+def _python(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    process = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return process.stdout.strip()
+
+
+def test_import_sets_django_up_when_settings_are_named() -> None:
+    code = "import djasynctest, django.apps; print(django.apps.apps.ready)"
+    assert _python(code, DJANGO_SETTINGS_MODULE="tests.settings") == "True"
+
+
+def test_import_has_no_side_effect_without_settings() -> None:
+    code = (
+        "import djasynctest, django.apps, django.conf; "
+        "print(django.apps.apps.ready, django.conf.settings.configured)"
+    )
+    assert _python(code) == "False False"
+
+
+def _database_exists(name: str) -> bool:
+    if BACKEND == "postgres":
+        from django.db import connection
+
+        with connection._nodb_cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+            return cursor.fetchone() is not None
+    return Path(name).exists()
+
+
+@pytest.mark.skipif(BACKEND == "sqlite", reason="an in-memory database leaves nothing to check")
+def test_unittest_creates_test_database_and_destroys_it_at_exit(tmp_path: Path) -> None:
+    record = tmp_path / "name.txt"
+    os.environ["RECORD_TO"] = str(record)
+    try:
+        process = run(
+            "-m", "unittest", "discover", "-s", "tests/runnerproject/bootstrap", "-t", "."
+        )
+    finally:
+        del os.environ["RECORD_TO"]
+    assert_unittest_ok(process, 1)
+    name = record.read_text()
+    assert "test" in name
+    assert not _database_exists(name)

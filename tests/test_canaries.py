@@ -1,0 +1,71 @@
+"""Canaries: the private names of unittest, Django and asgiref that the library relies on.
+
+Each test fails loudly when a new version changes one of them. When one fails,
+read the new version's code at that place, adapt the module named in the
+docstring, and update the canary.
+"""
+
+from __future__ import annotations
+
+import inspect
+import unittest
+
+import django.test
+from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
+
+
+def source(obj: object) -> str:
+    return inspect.getsource(obj)  # type: ignore[arg-type]
+
+
+def test_unittest_run_calls_the_hooks_we_override() -> None:
+    """_case.AsyncTestMixin overrides _callSetUp, _callTestMethod, _callTearDown, _callCleanup."""
+    run = source(unittest.TestCase.run)
+    for call in ("self._callSetUp()", "self._callTestMethod(", "self._callTearDown()"):
+        assert call in run
+    assert "self._callCleanup(" in source(unittest.TestCase.doCleanups)
+    debug = source(unittest.TestCase.debug)
+    for call in ("self._callSetUp()", "self._callTestMethod(", "self._callCleanup("):
+        assert call in debug
+
+
+def test_isolated_asyncio_test_case_runner_hooks() -> None:
+    """_case.AsyncTestMixin replaces the runner set-up and tear-down, and uses the test context."""
+    case = unittest.IsolatedAsyncioTestCase
+    assert "self._setupAsyncioRunner()" in source(case.run)
+    assert "self._tearDownAsyncioRunner()" in source(case.run)
+    init = source(case.__init__)
+    assert "self._asyncioRunner = None" in init
+    assert "self._asyncioTestContext = contextvars.copy_context()" in init
+
+
+def test_django_call_wraps_async_tests_and_runs_pre_setup() -> None:
+    """_case.AsyncTestMixin.__call__/debug bypass _setup_and_call and redo its per-test work."""
+    assert "self._setup_and_call(" in source(django.test.SimpleTestCase.__call__)
+    body = source(django.test.SimpleTestCase._setup_and_call)
+    assert "async_to_sync(testMethod)" in body
+    assert "_pre_setup_ran_eagerly" in body
+    assert "self._pre_setup()" in body
+    assert "self._post_teardown()" in body
+
+
+def test_django_set_up_class_calls_set_up_test_data() -> None:
+    """_case._AsyncSetUpTestData is what Django's TestCase.setUpClass calls."""
+    assert "cls.setUpTestData()" in source(django.test.TestCase.setUpClass)
+    assert "cls.setUpTestData()" in source(django.test.TestCase._fixture_setup)
+
+
+def test_django_getstate_returns_instance_state() -> None:
+    """_case.AsyncTestMixin.__getstate__ drops the unpicklable context from Django's state."""
+    assert "state = super().__dict__" in source(django.test.SimpleTestCase.__getstate__)
+
+
+def test_asgiref_remembers_the_calling_loop_in_a_thread_local() -> None:
+    """_routing.forget_event_loop clears what AsyncToSync reads here."""
+    assert 'SyncToAsync.threadlocal, "main_event_loop"' in source(AsyncToSync.__call__)
+    assert "self.threadlocal.main_event_loop = loop" in source(SyncToAsync.thread_handler)
+
+
+def test_asgiref_thread_sensitive_context_takes_an_executor() -> None:
+    """_routing.routing_context: the public route to the DB thread (asgiref 3.13+)."""
+    assert "executor" in inspect.signature(ThreadSensitiveContext).parameters

@@ -1,0 +1,74 @@
+"""The DB thread as an executor: results, errors, re-entry, shutdown, fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+import warnings
+
+import pytest
+
+from djasynctest._dbthread import DBThread, db_thread
+
+
+@pytest.fixture
+def db() -> DBThread:
+    thread = DBThread()
+    yield thread  # type: ignore[misc]
+    thread.shutdown()
+
+
+def test_call_runs_on_the_thread_and_returns(db: DBThread) -> None:
+    assert db.call(db.is_current) is True
+    assert db.is_current() is False
+
+
+def test_call_from_the_thread_itself_runs_in_place(db: DBThread) -> None:
+    # A hook on the DB thread that calls another hook must not deadlock.
+    assert db.call(lambda: db.call(lambda: 42)) == 42
+
+
+def test_errors_keep_the_users_traceback(db: DBThread) -> None:
+    def users_code() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError) as info:
+        db.call(users_code)
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    # From the caller straight to the user's function: no executor internals.
+    assert frames[-2:] == ["call", "users_code"]
+    assert "_work" not in frames
+    assert "result" not in frames
+
+
+def test_submit_after_shutdown_is_a_clear_error() -> None:
+    db = DBThread()
+    db.shutdown()
+    assert not db.thread.is_alive()
+    with pytest.raises(RuntimeError, match=r"^The djasynctest DB thread has been shut down; "):
+        db.submit(print)
+
+
+def _child_thread_ident(queue: multiprocessing.Queue[tuple[int, int, bool]]) -> None:
+    thread = db_thread()
+    queue.put((thread.thread.ident or 0, thread.pid, thread.call(thread.is_current)))
+
+
+def test_forked_process_gets_its_own_db_thread() -> None:
+    parent = db_thread()
+    parent.call(int)  # make sure it runs before the fork
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[tuple[int, int, bool]] = context.Queue()
+    with warnings.catch_warnings():
+        # "This process is multi-threaded, use of fork() may lead to deadlocks"
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = context.Process(target=_child_thread_ident, args=(queue,))
+        child.start()
+    ident, pid, ran_there = queue.get(timeout=30)
+    assert ident != parent.thread.ident
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert pid == child.pid != os.getpid()
+    assert ran_there is True
+    assert db_thread() is parent
