@@ -107,3 +107,29 @@ def example(session: nox.Session) -> None:
     session.install("-e", ".", "-r", "examples/shop/requirements.txt")
     session.chdir("examples/shop")
     session.run("python", "-W", "error", "manage.py", "test", *session.posargs)
+
+
+@nox.session(python=None)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=None)
+def docs(session: nox.Session) -> None:
+    """Build the documentation; warnings and broken references fail."""
+    session.install("-e", ".", "-r", "docs/requirements.txt")
+    session.run(
+        "python",
+        "-m",
+        "sphinx",
+        "-b",
+        "html",
+        "-n",
+        "-W",
+        "--keep-going",
+        "docs",
+        "docs/_build/html",
+    )

@@ -78,7 +78,7 @@ class DBThread(Executor):
         self.stop(timeout=None if wait else 0)
 
     def stop(self, timeout: float | None) -> None:
-        """Let the thread finish its queued work, run ``on_stop`` and end; wait up to ``timeout``."""
+        """Finish the queued work, run ``on_stop`` and end; wait up to ``timeout`` seconds."""
         if not self._closed:
             self._closed = True
             self._jobs.put(None)

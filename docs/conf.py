@@ -1,0 +1,34 @@
+"""Sphinx configuration for the djasynctest documentation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import djasynctest  # noqa: E402
+
+project = "djasynctest"
+author = "The djasynctest maintainers"
+copyright = "2026, the djasynctest maintainers"
+release = djasynctest.__version__
+version = release
+
+# No intersphinx: the docs must build offline, as in CI.
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+nitpicky = True
+nitpick_ignore_regex = [(r"py:class", r"(asyncio|unittest|django|collections\.abc)\..*")]
+
+html_theme = "furo"
+html_title = "djasynctest"
+exclude_patterns = ["_build"]
