@@ -33,15 +33,24 @@ import unittest
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._dbthread import DBThread, db_thread
+from djasynctest._dbtools import (
+    AsyncModifySettings,
+    AsyncOverrideSettings,
+    OnDBThread,
+    SyncClient,
+    call_inside,
+    connect_receivers,
+    loop_running,
+)
 from djasynctest._routing import routing_context
 
 __unittest = True
@@ -52,6 +61,8 @@ SYNC_ORM_HINT = (
     "or wrap sync code in asgiref.sync.sync_to_async(); either way it runs on the "
     "test's DB thread, inside the test's transaction."
 )
+
+T = TypeVar("T")
 
 _CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
 
@@ -225,6 +236,76 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                 exc.add_note(SYNC_ORM_HINT)
             raise
 
+    # --- Django's tools, on the DB thread's connections ---------------------
+
+    def assertNumQueries(  # type: ignore[override]
+        self,
+        num: int,
+        func: Callable[..., Any] | None = None,
+        *args: Any,
+        using: str = DEFAULT_DB_ALIAS,
+        **kwargs: Any,
+    ) -> Any:
+        """Django's ``assertNumQueries``, counting the queries of the DB thread.
+
+        Works as ``with``, as ``async with``, and with a sync or async ``func``
+        (then await the result).
+        """
+        make = functools.partial(super().assertNumQueries, num, using=using)  # type: ignore[misc]
+        context = OnDBThread(db_thread(), make)
+        if func is None:
+            return context
+        return call_inside(context, func, *args, **kwargs)
+
+    @classmethod
+    def captureOnCommitCallbacks(  # type: ignore[override]
+        cls, *, using: str = DEFAULT_DB_ALIAS, execute: bool = False
+    ) -> OnDBThread[list[Callable[[], Any]]]:
+        """Django's ``captureOnCommitCallbacks``, for ``with`` and ``async with``.
+
+        It captures the callbacks registered on the DB thread's connection, and
+        runs them there when ``execute=True``.
+        """
+        make = functools.partial(
+            super().captureOnCommitCallbacks,  # type: ignore[misc]
+            using=using,
+            execute=execute,
+        )
+        return OnDBThread(db_thread(), make)
+
+    def settings(self, **kwargs: Any) -> AsyncOverrideSettings:
+        """Django's ``self.settings(...)``, also usable as ``async with``."""
+        return AsyncOverrideSettings(**kwargs)
+
+    def modify_settings(self, **kwargs: Any) -> AsyncModifySettings:
+        """Django's ``self.modify_settings(...)``, also usable as ``async with``."""
+        return AsyncModifySettings(**kwargs)
+
+    def assertQuerySetEqual(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Django's ``assertQuerySetEqual``; from async code, querysets run on the DB thread."""
+        check = functools.partial(super().assertQuerySetEqual, *args, **kwargs)  # type: ignore[misc]
+        if loop_running():
+            db_thread().call(check)
+        else:
+            check()
+
+    def assertRedirects(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        """Django's ``assertRedirects``, also for ``AsyncClient`` responses."""
+        check = functools.partial(super().assertRedirects, response, *args, **kwargs)
+        client = getattr(response, "client", None)
+        if client is None or not inspect.iscoroutinefunction(client.get):
+            return check()
+
+        def check_with_sync_client() -> None:
+            # D: Django fetches the target through response.client.get().
+            response.client = SyncClient(client)
+            try:
+                check()
+            finally:
+                response.client = client
+
+        return db_thread().call(check_with_sync_client)
+
     # --- Pickling (parallel runners send test instances to workers) ---------
 
     def __getstate__(self) -> dict[str, Any]:
@@ -325,14 +406,41 @@ def _run_class_hook_on_db_thread(cls: type, name: str) -> None:
         if name != "setUpClass":
             return db.call(func, klass, *args, **kwargs)
         ensure_test_databases(_aliases(klass))
+        connect_receivers()
+        set_up = _with_serialized_contents(func, klass)
         # M runs an event loop while D sets the class up, so that an async
         # setUpTestData, called by Django through async_to_sync on D, runs
         # here on M with its ORM calls sent back to D.
         with asyncio.Runner(debug=klass.loop_debug, loop_factory=klass.loop_factory) as runner:
-            return runner.run(_on_db_thread_from_loop(db, func, klass, *args, **kwargs))
+            return runner.run(_on_db_thread_from_loop(db, set_up, klass, *args, **kwargs))
 
     on_db_thread._djat_db_thread = True  # type: ignore[attr-defined]
     setattr(cls, name, classmethod(on_db_thread))
+
+
+def _with_serialized_contents(func: Callable[..., T], klass: type[Any]) -> Callable[..., T]:
+    """Give the DB thread's connections the snapshot ``serialized_rollback`` restores.
+
+    The runner sets ``_test_serialized_contents`` on the connection objects of
+    its own thread when it creates the test databases (M, here); Django reads
+    it from those of the thread that runs the test (D).
+    """
+    if not getattr(klass, "serialized_rollback", False):
+        return func
+    contents = {
+        alias: connections[alias]._test_serialized_contents  # type: ignore[attr-defined]
+        for alias in _aliases(klass)
+        if hasattr(connections[alias], "_test_serialized_contents")
+    }
+
+    @functools.wraps(func)
+    def with_contents(*args: Any, **kwargs: Any) -> T:
+        # D.
+        for alias, value in contents.items():
+            connections[alias]._test_serialized_contents = value  # type: ignore[attr-defined]
+        return func(*args, **kwargs)
+
+    return with_contents
 
 
 def _aliases(cls: type[SimpleTestCase]) -> set[str]:

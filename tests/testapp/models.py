@@ -14,3 +14,9 @@ class Item(models.Model):
 class Order(models.Model):
     item = models.ForeignKey(Item, on_delete=models.CASCADE)
     user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL)
+
+
+class Tag(models.Model):
+    """Has a row made by a data migration, for serialized_rollback."""
+
+    name = models.CharField(max_length=100)

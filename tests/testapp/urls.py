@@ -8,4 +8,8 @@ urlpatterns = [
     path("items/", views.items),
     path("orders/", views.orders),
     path("sync-items/", views.sync_items),
+    path("items/create/", views.create_item),
+    path("items/page/", views.item_template),
+    path("items/form/", views.item_form),
+    path("go/", views.go_to_items),
 ]

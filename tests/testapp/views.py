@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
+from django import forms
 from django.contrib.auth.decorators import login_required
+from django.core.mail import send_mail
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
 
 from tests.testapp.models import Item, Order
+
+
+class ItemForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Item
+        fields = ["name", "price"]
 
 
 async def items(request: HttpRequest) -> JsonResponse:
@@ -24,3 +35,33 @@ async def orders(request: HttpRequest) -> HttpResponse:
 
 def sync_items(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"count": Item.objects.count()})
+
+
+@sync_to_async
+def _create_with_confirmation(name: str, email: str) -> Item:
+    with transaction.atomic():
+        item = Item.objects.create(name=name)
+        transaction.on_commit(
+            lambda: send_mail(f"Created {name}", "Done.", "shop@example.com", [email])
+        )
+    return item
+
+
+async def create_item(request: HttpRequest) -> JsonResponse:
+    """Creates an item and, once the transaction commits, mails a confirmation."""
+    item = await _create_with_confirmation(request.POST["name"], "owner@example.com")
+    return JsonResponse({"id": item.pk}, status=201)
+
+
+async def item_template(request: HttpRequest) -> HttpResponse:
+    items = [item async for item in Item.objects.order_by("name")]
+    return render(request, "testapp/items.html", {"items": items})
+
+
+async def item_form(request: HttpRequest) -> HttpResponse:
+    form = ItemForm(request.POST or None)
+    return render(request, "testapp/items.html", {"form": form, "items": []})
+
+
+async def go_to_items(request: HttpRequest) -> HttpResponse:
+    return redirect("/items/")

@@ -1,0 +1,175 @@
+"""Django's connection-bound test tools, made to act on the DB thread's connections.
+
+``assertNumQueries`` and ``captureOnCommitCallbacks`` look up
+``connections[using]``, which is per thread: called from async code they would
+read the test thread's connection, which runs no query (or raise
+``SynchronousOnlyOperation`` while opening it). Here Django's own context
+managers are made, entered and exited on the DB thread, so that they count and
+capture what the test's code really did there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from asgiref.sync import async_to_sync
+from django.test.signals import setting_changed, update_connections_time_zone
+from django.test.utils import modify_settings, override_settings
+
+from djasynctest._dbthread import DBThread, running_db_thread
+
+__unittest = True
+
+T = TypeVar("T")
+
+
+def loop_running() -> bool:
+    """Whether the calling thread runs an event loop (async code of a test)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class SyncClient:
+    """What Django's ``assertRedirects`` needs of ``response.client``, for an ``AsyncClient``.
+
+    Django fetches the redirect target with ``response.client.get(...)``; an
+    ``AsyncClient`` returns a coroutine there. On the DB thread, ``async_to_sync``
+    runs it to completion, its ORM calls coming back to the DB thread.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.extra = client.extra
+        self.headers = client.headers
+        self.get = async_to_sync(client.get)
+
+
+class AsyncOverrideSettings(override_settings):
+    """``override_settings`` that also works as ``async with``."""
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+
+class AsyncModifySettings(modify_settings):
+    """``modify_settings`` that also works as ``async with``."""
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+
+def update_db_thread_time_zone(*, setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver: Django's time-zone reset, for the DB thread's connections.
+
+    Django resets the time zone of the connections of the thread that changes
+    the setting; an async test changes it on the loop's thread.
+    """
+    if setting not in {"TIME_ZONE", "USE_TZ"}:
+        return
+    db = running_db_thread()
+    if db is not None and not db.is_current():
+        db.call(update_connections_time_zone, setting=setting, **kwargs)
+
+
+def connect_receivers() -> None:
+    setting_changed.connect(update_db_thread_time_zone, dispatch_uid=__name__)
+
+
+class OnDBThread(Generic[T]):
+    """A context manager, for ``with`` and ``async with``, that lives on the DB thread.
+
+    ``make`` builds the underlying context manager; it, ``__enter__`` and
+    ``__exit__`` all run on the DB thread. ``with`` from async code waits for the
+    DB thread without giving the loop back (a short hop: the DB thread is idle
+    while the test's own code runs); ``async with`` awaits it.
+    """
+
+    def __init__(self, db: DBThread, make: Callable[[], AbstractContextManager[T]]) -> None:
+        self._db = db
+        self._make = make
+        self._cm: AbstractContextManager[T] | None = None
+
+    def _enter(self) -> T:
+        self._cm = self._make()
+        return self._cm.__enter__()
+
+    def _exit(self, *exc_info: Any) -> bool | None:
+        assert self._cm is not None, "exited before it was entered"
+        return self._cm.__exit__(*exc_info)
+
+    def __enter__(self) -> T:
+        return self._db.call(self._enter)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        __tracebackhide__ = True
+        return self._db.call(self._exit, exc_type, exc, tb)
+
+    async def __aenter__(self) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, self._enter)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        __tracebackhide__ = True
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._db, functools.partial(self._exit, exc_type, exc, tb)
+        )
+
+
+def call_inside(
+    context: OnDBThread[Any], func: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    """``assertNumQueries(n, func, ...)``: call ``func`` inside ``context``.
+
+    When ``func`` returns an awaitable (an async function, an async manager
+    method such as ``Model.objects.acount``), the result is an awaitable too,
+    and the context ends when it is awaited.
+    """
+    __tracebackhide__ = True
+    context.__enter__()
+    try:
+        result = func(*args, **kwargs)
+    except BaseException:
+        if not context.__exit__(*sys.exc_info()):
+            raise
+        return None
+    if not inspect.isawaitable(result):
+        context.__exit__(None, None, None)
+        return result
+
+    async def finish() -> Any:
+        __tracebackhide__ = True
+        try:
+            value = await result
+        except BaseException:
+            if not await context.__aexit__(*sys.exc_info()):
+                raise
+            return None
+        await context.__aexit__(None, None, None)
+        return value
+
+    return finish()
