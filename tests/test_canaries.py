@@ -50,7 +50,7 @@ def test_django_call_wraps_async_tests_and_runs_pre_setup() -> None:
 
 
 def test_django_set_up_class_calls_set_up_test_data() -> None:
-    """_case._AsyncSetUpTestData is what Django's TestCase.setUpClass calls."""
+    """_classlevel._AsyncSetUpTestData is what Django's TestCase.setUpClass calls."""
     assert "cls.setUpTestData()" in source(django.test.TestCase.setUpClass)
     assert "cls.setUpTestData()" in source(django.test.TestCase._fixture_setup)
 
@@ -69,3 +69,13 @@ def test_asgiref_remembers_the_calling_loop_in_a_thread_local() -> None:
 def test_asgiref_thread_sensitive_context_takes_an_executor() -> None:
     """_routing.routing_context: the public route to the DB thread (asgiref 3.13+)."""
     assert "executor" in inspect.signature(ThreadSensitiveContext).parameters
+
+
+def test_django_reads_serialized_contents_from_the_connection() -> None:
+    """_classlevel._with_serialized_contents copies this attribute to the DB thread."""
+    assert '"_test_serialized_contents"' in source(django.test.TransactionTestCase._fixture_setup)
+    from django.db.backends.base.creation import BaseDatabaseCreation
+
+    assert "self.connection._test_serialized_contents = " in source(
+        BaseDatabaseCreation.create_test_db
+    )

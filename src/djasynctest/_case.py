@@ -4,10 +4,7 @@ How a test runs (M = the test's thread, which runs its event loop; D = the
 process's DB thread, which owns every database connection):
 
 1. ``setUpClass`` / ``tearDownClass`` / ``doClassCleanups`` (Django's and the
-   user's) run on D: class atomics, fixtures and ``setUpTestData`` open their
-   transactions on D's connections. Django calls an ``async def
-   setUpTestData`` through ``async_to_sync`` on D, which sends it to the event
-   loop that M runs meanwhile; its ORM calls come back to D.
+   user's) run on D, ``async def setUpTestData`` on M: see ``_classlevel``.
 2. ``_setupAsyncioRunner`` (M) hands Django's per-test ``_pre_setup`` (client,
    mail outbox, per-test atomics) to D, then builds the event loop while D
    works; ``_callSetUp`` (M) waits for it and registers ``_post_teardown``
@@ -33,22 +30,26 @@ import unittest
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
+from asgiref.sync import ThreadSensitiveContext
 from django.core.exceptions import SynchronousOnlyOperation
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
-from djasynctest._bootstrap import ensure_test_databases
-from djasynctest._dbthread import DBThread, db_thread
+from djasynctest._classlevel import (
+    CLASS_HOOKS,
+    check_bases,
+    make_async_set_up_test_data_callable,
+    run_class_hook_on_db_thread,
+)
+from djasynctest._dbthread import db_thread
 from djasynctest._dbtools import (
     AsyncModifySettings,
     AsyncOverrideSettings,
     OnDBThread,
     SyncClient,
     call_inside,
-    connect_receivers,
     loop_running,
 )
 from djasynctest._routing import routing_context
@@ -61,10 +62,6 @@ SYNC_ORM_HINT = (
     "or wrap sync code in asgiref.sync.sync_to_async(); either way it runs on the "
     "test's DB thread, inside the test's transaction."
 )
-
-T = TypeVar("T")
-
-_CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
 
 
 class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
@@ -84,10 +81,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _check_bases(cls)
-        for name in _CLASS_HOOKS:
-            _run_class_hook_on_db_thread(cls, name)
-        _make_async_set_up_test_data_callable(cls)
+        check_bases(cls, AsyncTestMixin)
+        for name in CLASS_HOOKS:
+            run_class_hook_on_db_thread(cls, name)
+        make_async_set_up_test_data_callable(cls)
 
     def __init__(self, methodName: str = "runTest") -> None:
         super().__init__(methodName)
@@ -330,13 +327,6 @@ async def _entered(routing: ThreadSensitiveContext, coro: Coroutine[Any, Any, An
     return await coro
 
 
-async def _on_db_thread_from_loop(
-    db: DBThread, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-) -> Any:
-    async with routing_context(db):
-        return await sync_to_async(func)(*args, **kwargs)
-
-
 def _wait(future: Future[None]) -> None:
     __tracebackhide__ = True
     exc = future.exception()
@@ -357,132 +347,8 @@ def _overrides(case: unittest.TestCase, name: str, base: type) -> bool:
     return getattr(type(case), name) is not getattr(base, name)
 
 
-def _check_bases(cls: type) -> None:
-    mro = cls.__mro__
-    for base in mro[: mro.index(AsyncTestMixin)]:
-        if issubclass(base, SimpleTestCase) and not issubclass(base, AsyncTestMixin):
-            msg = (
-                f"AsyncTestMixin must come before {base.__qualname__} in the bases of "
-                f"{cls.__module__}.{cls.__qualname__}: "
-                f"class {cls.__name__}(AsyncTestMixin, {base.__name__})."
-            )
-            raise TypeError(msg)
-    if not issubclass(cls, SimpleTestCase):
-        msg = (
-            f"{cls.__module__}.{cls.__qualname__} has AsyncTestMixin but no Django test "
-            f"case: add one after it, as in class {cls.__name__}(AsyncTestMixin, "
-            f"django.test.TestCase), or subclass djasynctest.AsyncTestCase."
-        )
-        raise TypeError(msg)
-
-
-def _run_class_hook_on_db_thread(cls: type, name: str) -> None:
-    """Make the class hook ``name`` defined on ``cls`` run on the DB thread.
-
-    unittest (and pytest) call ``setUpClass``, ``tearDownClass`` and
-    ``doClassCleanups`` on the test's thread; the wrapper sends the whole call,
-    the user's code and Django's chain behind ``super()``, to the DB thread.
-    """
-    attr = cls.__dict__.get(name)
-    if attr is None:
-        return
-    func = getattr(attr, "__func__", attr)
-    if inspect.iscoroutinefunction(func):
-        msg = (
-            f"{cls.__module__}.{cls.__qualname__}.{name} is async, but unittest calls "
-            f"{name} synchronously: make it a plain classmethod (it runs on the DB "
-            f"thread, so the sync ORM works there)."
-        )
-        raise TypeError(msg)
-    if not isinstance(attr, classmethod) or getattr(func, "_djat_db_thread", False):
-        return
-
-    @functools.wraps(func)
-    def on_db_thread(klass: type[AsyncTestMixin], /, *args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        db = db_thread()
-        if db.is_current():
-            return func(klass, *args, **kwargs)
-        if name != "setUpClass":
-            return db.call(func, klass, *args, **kwargs)
-        ensure_test_databases(_aliases(klass))
-        connect_receivers()
-        set_up = _with_serialized_contents(func, klass)
-        # M runs an event loop while D sets the class up, so that an async
-        # setUpTestData, called by Django through async_to_sync on D, runs
-        # here on M with its ORM calls sent back to D.
-        with asyncio.Runner(debug=klass.loop_debug, loop_factory=klass.loop_factory) as runner:
-            return runner.run(_on_db_thread_from_loop(db, set_up, klass, *args, **kwargs))
-
-    on_db_thread._djat_db_thread = True  # type: ignore[attr-defined]
-    setattr(cls, name, classmethod(on_db_thread))
-
-
-def _with_serialized_contents(func: Callable[..., T], klass: type[Any]) -> Callable[..., T]:
-    """Give the DB thread's connections the snapshot ``serialized_rollback`` restores.
-
-    The runner sets ``_test_serialized_contents`` on the connection objects of
-    its own thread when it creates the test databases (M, here); Django reads
-    it from those of the thread that runs the test (D).
-    """
-    if not getattr(klass, "serialized_rollback", False):
-        return func
-    contents = {
-        alias: connections[alias]._test_serialized_contents  # type: ignore[attr-defined]
-        for alias in _aliases(klass)
-        if hasattr(connections[alias], "_test_serialized_contents")
-    }
-
-    @functools.wraps(func)
-    def with_contents(*args: Any, **kwargs: Any) -> T:
-        # D.
-        for alias, value in contents.items():
-            connections[alias]._test_serialized_contents = value  # type: ignore[attr-defined]
-        return func(*args, **kwargs)
-
-    return with_contents
-
-
-def _aliases(cls: type[SimpleTestCase]) -> set[str]:
-    databases = cls.databases
-    return set(connections) if databases == "__all__" else set(databases)
-
-
-class _AsyncSetUpTestData:
-    """Stands in for an ``async def setUpTestData`` so that Django can call it.
-
-    Django calls ``cls.setUpTestData()`` synchronously, on the DB thread: with
-    no loop running there, the coroutine runs through ``async_to_sync``, which
-    sends its ORM calls back to the DB thread. Awaited from async code (a
-    subclass's ``await super().setUpTestData()``), it is the coroutine itself.
-    """
-
-    def __init__(self, func: Callable[..., Coroutine[Any, Any, None]]) -> None:
-        self.func = func
-
-    def __get__(self, instance: object, owner: type) -> Callable[..., Any]:
-        func = self.func
-
-        @functools.wraps(func)
-        def setUpTestData(*args: Any, **kwargs: Any) -> Any:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                return async_to_sync(func)(owner, *args, **kwargs)
-            return func(owner, *args, **kwargs)
-
-        return setUpTestData
-
-
-def _make_async_set_up_test_data_callable(cls: type) -> None:
-    attr = cls.__dict__.get("setUpTestData")
-    func = getattr(attr, "__func__", attr)
-    if isinstance(attr, classmethod) and inspect.iscoroutinefunction(func):
-        cls.setUpTestData = _AsyncSetUpTestData(func)
-
-
-for _name in _CLASS_HOOKS:
-    _run_class_hook_on_db_thread(AsyncTestMixin, _name)
+for _name in CLASS_HOOKS:
+    run_class_hook_on_db_thread(AsyncTestMixin, _name)
 
 
 class AsyncSimpleTestCase(AsyncTestMixin, SimpleTestCase):

@@ -1,0 +1,165 @@
+"""Class-level hooks: where ``setUpClass`` and friends run, and ``async def setUpTestData``.
+
+unittest (and pytest) call ``setUpClass``, ``tearDownClass`` and
+``doClassCleanups`` on the test's thread (M). Each class that defines one gets
+a wrapper that sends the whole call, the user's code and Django's chain behind
+``super()``, to the DB thread (D): class atomics, fixtures and
+``setUpTestData`` then open their transactions on D's connections. While D
+sets a class up, M runs an event loop, so that an ``async def
+setUpTestData``, which Django calls through ``async_to_sync`` on D, runs on M
+with its ORM calls sent back to D.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.db import connections
+from django.test import SimpleTestCase
+
+from djasynctest._bootstrap import ensure_test_databases
+from djasynctest._dbthread import DBThread, db_thread
+from djasynctest._dbtools import connect_receivers
+from djasynctest._routing import routing_context
+
+__unittest = True
+
+T = TypeVar("T")
+
+CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
+
+
+def check_bases(cls: type, mixin: type) -> None:
+    mro = cls.__mro__
+    for base in mro[: mro.index(mixin)]:
+        if issubclass(base, SimpleTestCase) and not issubclass(base, mixin):
+            msg = (
+                f"AsyncTestMixin must come before {base.__qualname__} in the bases of "
+                f"{cls.__module__}.{cls.__qualname__}: "
+                f"class {cls.__name__}(AsyncTestMixin, {base.__name__})."
+            )
+            raise TypeError(msg)
+    if not issubclass(cls, SimpleTestCase):
+        msg = (
+            f"{cls.__module__}.{cls.__qualname__} has AsyncTestMixin but no Django test "
+            f"case: add one after it, as in class {cls.__name__}(AsyncTestMixin, "
+            f"django.test.TestCase), or subclass djasynctest.AsyncTestCase."
+        )
+        raise TypeError(msg)
+
+
+def run_class_hook_on_db_thread(cls: type, name: str) -> None:
+    """Make the class hook ``name`` defined on ``cls`` run on the DB thread.
+
+    unittest (and pytest) call ``setUpClass``, ``tearDownClass`` and
+    ``doClassCleanups`` on the test's thread; the wrapper sends the whole call,
+    the user's code and Django's chain behind ``super()``, to the DB thread.
+    """
+    attr = cls.__dict__.get(name)
+    if attr is None:
+        return
+    func = getattr(attr, "__func__", attr)
+    if inspect.iscoroutinefunction(func):
+        msg = (
+            f"{cls.__module__}.{cls.__qualname__}.{name} is async, but unittest calls "
+            f"{name} synchronously: make it a plain classmethod (it runs on the DB "
+            f"thread, so the sync ORM works there)."
+        )
+        raise TypeError(msg)
+    if not isinstance(attr, classmethod) or getattr(func, "_djat_db_thread", False):
+        return
+
+    @functools.wraps(func)
+    def on_db_thread(klass: Any, /, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        db = db_thread()
+        if db.is_current():
+            return func(klass, *args, **kwargs)
+        if name != "setUpClass":
+            return db.call(func, klass, *args, **kwargs)
+        ensure_test_databases(_aliases(klass))
+        connect_receivers()
+        set_up = _with_serialized_contents(func, klass)
+        # M runs an event loop while D sets the class up, so that an async
+        # setUpTestData, called by Django through async_to_sync on D, runs
+        # here on M with its ORM calls sent back to D.
+        with asyncio.Runner(debug=klass.loop_debug, loop_factory=klass.loop_factory) as runner:
+            return runner.run(_on_db_thread_from_loop(db, set_up, klass, *args, **kwargs))
+
+    on_db_thread._djat_db_thread = True  # type: ignore[attr-defined]
+    setattr(cls, name, classmethod(on_db_thread))
+
+
+async def _on_db_thread_from_loop(
+    db: DBThread, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Any:
+    async with routing_context(db):
+        return await sync_to_async(func)(*args, **kwargs)
+
+
+def _with_serialized_contents(func: Callable[..., T], klass: type[Any]) -> Callable[..., T]:
+    """Give the DB thread's connections the snapshot ``serialized_rollback`` restores.
+
+    The runner sets ``_test_serialized_contents`` on the connection objects of
+    its own thread when it creates the test databases (M, here); Django reads
+    it from those of the thread that runs the test (D).
+    """
+    if not getattr(klass, "serialized_rollback", False):
+        return func
+    contents = {
+        alias: connections[alias]._test_serialized_contents  # type: ignore[attr-defined]
+        for alias in _aliases(klass)
+        if hasattr(connections[alias], "_test_serialized_contents")
+    }
+
+    @functools.wraps(func)
+    def with_contents(*args: Any, **kwargs: Any) -> T:
+        # D.
+        for alias, value in contents.items():
+            connections[alias]._test_serialized_contents = value  # type: ignore[attr-defined]
+        return func(*args, **kwargs)
+
+    return with_contents
+
+
+def _aliases(cls: type[SimpleTestCase]) -> set[str]:
+    databases = cls.databases
+    return set(connections) if databases == "__all__" else set(databases)
+
+
+class _AsyncSetUpTestData:
+    """Stands in for an ``async def setUpTestData`` so that Django can call it.
+
+    Django calls ``cls.setUpTestData()`` synchronously, on the DB thread: with
+    no loop running there, the coroutine runs through ``async_to_sync``, which
+    sends its ORM calls back to the DB thread. Awaited from async code (a
+    subclass's ``await super().setUpTestData()``), it is the coroutine itself.
+    """
+
+    def __init__(self, func: Callable[..., Coroutine[Any, Any, None]]) -> None:
+        self.func = func
+
+    def __get__(self, instance: object, owner: type) -> Callable[..., Any]:
+        func = self.func
+
+        @functools.wraps(func)
+        def setUpTestData(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return async_to_sync(func)(owner, *args, **kwargs)
+            return func(owner, *args, **kwargs)
+
+        return setUpTestData
+
+
+def make_async_set_up_test_data_callable(cls: type) -> None:
+    attr = cls.__dict__.get("setUpTestData")
+    func = getattr(attr, "__func__", attr)
+    if isinstance(attr, classmethod) and inspect.iscoroutinefunction(func):
+        cls.setUpTestData = _AsyncSetUpTestData(func)
