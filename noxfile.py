@@ -133,3 +133,11 @@ def docs(session: nox.Session) -> None:
         "docs",
         "docs/_build/html",
     )
+
+
+@nox.session(python="3.13")
+@nox.parametrize("django", list(DJANGOS))
+def conformance(session: nox.Session, django: str) -> None:
+    """Django's own test-framework tests, with our classes swapped in (see tests/conformance)."""
+    session.install(DJANGOS[django], "-e", ".", "pip")
+    session.run("python", "tests/conformance/run.py", *session.posargs)

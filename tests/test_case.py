@@ -522,3 +522,32 @@ def test_instances_pickle_for_parallel_runners() -> None:
     result = unittest.TestResult()
     unittest.TestSuite([case]).run(result)
     assert_passed(result, 1)
+
+
+def test_case_run_from_inside_a_sync_test() -> None:
+    """Django's own suite runs test cases inside its tests; that starts on the DB thread."""
+    inner_counts: list[int] = []
+
+    class Inner(AsyncTestCase):
+        @classmethod
+        async def setUpTestData(cls) -> None:
+            await Item.objects.acreate(name="inner-class")
+
+        async def test_async(self) -> None:
+            await Item.objects.acreate(name="inner-test")
+            inner_counts.append(await Item.objects.acount())
+
+        def test_sync(self) -> None:
+            inner_counts.append(Item.objects.count())
+
+    class Outer(AsyncTestCase):
+        def test_runs_inner(self) -> None:
+            Item.objects.create(name="outer")
+            result = run_case(Inner)
+            self.assertEqual(problems(result), [])
+            self.assertEqual(result.testsRun, 2)
+            self.assertEqual(Item.objects.count(), 1)
+
+    assert_passed(run_case(Outer), 1)
+    assert inner_counts == [3, 2]
+    assert leftover_rows() == {"items": [], "orders": 0}

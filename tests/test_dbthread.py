@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import traceback
 import warnings
+from concurrent.futures import Future
 
 import pytest
 
@@ -71,3 +73,17 @@ def test_forked_process_gets_its_own_db_thread() -> None:
     assert pid == child.pid != os.getpid()
     assert ran_there is True
     assert db_thread() is parent
+
+
+def test_serve_until_runs_work_queued_while_the_thread_waits(db: DBThread) -> None:
+    """Code on the DB thread waiting for a thread that needs the DB thread must not deadlock."""
+
+    def wait_for_helper() -> str:
+        done: Future[str] = Future()
+        helper = threading.Thread(target=lambda: done.set_result(db.call(lambda: "served")))
+        helper.start()
+        db.serve_until(done)
+        helper.join()
+        return done.result()
+
+    assert db.call(wait_for_helper) == "served"

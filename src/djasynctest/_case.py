@@ -26,11 +26,12 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import threading
 import unittest
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from asgiref.sync import ThreadSensitiveContext
 from django.core.exceptions import SynchronousOnlyOperation
@@ -55,6 +56,8 @@ from djasynctest._dbtools import (
 from djasynctest._routing import routing_context
 
 __unittest = True
+
+T = TypeVar("T")
 
 SYNC_ORM_HINT = (
     "djasynctest: in async tests and hooks, use the async ORM API "
@@ -102,7 +105,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         # _pre_setup on the calling thread; run() does both our way.
         return self.run(result)
 
+    def run(self, result: unittest.TestResult | None = None) -> unittest.TestResult | None:
+        return _off_db_thread(super().run, result)
+
     def debug(self) -> None:
+        _off_db_thread(self._djat_debug)
+
+    def _djat_debug(self) -> None:
         # IsolatedAsyncioTestCase.debug would reach Django's debug() through
         # super(); go to unittest's directly, with the loop around it.
         self._setupAsyncioRunner()
@@ -152,7 +161,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         # M.
         pending, self._djat_pre_setup = self._djat_pre_setup, None
         if pending is not None:
-            _wait(pending)
+            _result(pending)
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
         assert self._asyncioRunner is not None
@@ -189,7 +198,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if pending is not None:
                 # run() ended before setUp (e.g. an error from the result
                 # object): undo the per-test setup all the same.
-                _wait(pending)
+                _result(pending)
                 self._djat_teardown_due = True
                 self.addCleanup(self._djat_post_teardown)
             if self._djat_teardown_due:
@@ -318,6 +327,29 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_reset()
 
 
+def _off_db_thread(func: Callable[..., T], /, *args: Any) -> T:
+    """Run a test (``func``) on this thread, or, on the DB thread, on a thread of its own.
+
+    A test run from inside a sync test (as Django's own suite does) starts on
+    the DB thread, where its event loop would block the database work it sends
+    there. It gets its own thread, while the DB thread serves that work.
+    """
+    db = db_thread()
+    if not db.is_current():
+        return func(*args)
+    outcome: Future[T] = Future()
+
+    def run_test() -> None:
+        try:
+            outcome.set_result(func(*args))
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    threading.Thread(target=run_test, name="djasynctest-nested-test", daemon=True).start()
+    db.serve_until(outcome)
+    return _result(outcome)
+
+
 async def _entered(routing: ThreadSensitiveContext, coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         await routing.__aenter__()
@@ -327,11 +359,12 @@ async def _entered(routing: ThreadSensitiveContext, coro: Coroutine[Any, Any, An
     return await coro
 
 
-def _wait(future: Future[None]) -> None:
+def _result(future: Future[T]) -> T:
     __tracebackhide__ = True
     exc = future.exception()
     if exc is not None:
         raise exc
+    return future.result()
 
 
 def _is_skipped(case: unittest.TestCase) -> bool:

@@ -30,6 +30,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _Job = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# Queued when a future that serve_until() waits for is done.
+_WAKE_UP: Any = ("wake up",)
 
 
 class DBThread(Executor):
@@ -85,27 +87,48 @@ class DBThread(Executor):
         if timeout != 0 and not self.is_current():
             self.thread.join(timeout)
 
+    def serve_until(self, awaited: Future[Any]) -> None:
+        """On the DB thread: run queued work until ``awaited`` is done.
+
+        Code on the DB thread that waits for another thread which may itself
+        need the DB thread (a test run from inside a sync test) waits here, so
+        that the two do not deadlock.
+        """
+        assert self.is_current(), "serve_until() runs on the DB thread"
+        awaited.add_done_callback(lambda _: self._jobs.put(_WAKE_UP))
+        while not awaited.done():
+            job = self._jobs.get()
+            if job is None:
+                self._jobs.put(None)  # shutting down: leave it for _work()
+                awaited.result()
+            elif job is not _WAKE_UP:
+                self._run(job)
+
     def _work(self) -> None:
         # Runs on the DB thread for its whole life.
         while (job := self._jobs.get()) is not None:
-            future, fn, args, kwargs = job
+            if job is not _WAKE_UP:
+                self._run(job)
             del job
-            if future.set_running_or_notify_cancel():
-                # Work that arrives here directly (not through sync_to_async)
-                # must not find a stale event loop left by an earlier call.
-                forget_event_loop()
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    # Drop this frame from the traceback: it starts at fn.
-                    future.set_exception(exc.with_traceback(_tail(exc)))
-                    del exc
-                else:
-                    future.set_result(result)
-                    del result
-            del future, fn, args, kwargs
         if self._on_stop is not None:
             self._on_stop()
+
+    def _run(self, job: _Job) -> None:
+        future, fn, args, kwargs = job
+        del job
+        if not future.set_running_or_notify_cancel():
+            return
+        # Work that arrives here directly (not through sync_to_async) must not
+        # find a stale event loop left by an earlier call.
+        forget_event_loop()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            # Drop our frames from the traceback: it starts at fn.
+            future.set_exception(exc.with_traceback(_tail(exc)))
+            del exc
+        else:
+            future.set_result(result)
 
 
 def _tail(exc: BaseException) -> Any:
