@@ -27,7 +27,11 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 nitpicky = True
-nitpick_ignore_regex = [(r"py:class", r"(asyncio|unittest|django|collections\.abc)\..*")]
+nitpick_ignore_regex = [
+    (r"py:class", r"(asyncio|unittest|django|collections\.abc)\..*"),
+    # Private helper types in signatures: documented by the methods returning them.
+    (r"py:class", r"djasynctest\._\w+\.\w+"),
+]
 
 html_theme = "furo"
 html_title = "djasynctest"
