@@ -44,6 +44,7 @@ from djasynctest._classlevel import (
     make_async_set_up_test_data_callable,
     run_class_hook_on_db_thread,
 )
+from djasynctest._conf import INHERITED, LoopScope, Options, check_class, options
 from djasynctest._dbthread import db_thread
 from djasynctest._dbtools import (
     AsyncModifySettings,
@@ -53,6 +54,7 @@ from djasynctest._dbtools import (
     call_inside,
     loop_running,
 )
+from djasynctest._loop import ClassLoop, new_runner
 from djasynctest._routing import routing_context
 
 __unittest = True
@@ -73,10 +75,15 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     Put it first in the bases: ``class T(AsyncTestMixin, django.test.TestCase)``.
     """
 
-    #: Called with no arguments to make each test's event loop (e.g. ``uvloop.new_event_loop``).
+    #: Called with no arguments to make the event loop (e.g. ``uvloop.new_event_loop``).
     loop_factory: ClassVar[Callable[[], asyncio.AbstractEventLoop] | None] = None
-    #: Run the loop in asyncio debug mode (slow; IsolatedAsyncioTestCase's default).
-    loop_debug: ClassVar[bool] = False
+    #: ``"test"``: a new event loop for each test; ``"class"``: one for the whole class,
+    #: with :meth:`asyncSetUpClass` and :meth:`asyncTearDownClass`.
+    loop_scope: ClassVar[LoopScope] = INHERITED
+    #: Run the loop in asyncio's debug mode (slow; ``IsolatedAsyncioTestCase``'s default).
+    loop_debug: ClassVar[bool] = INHERITED
+
+    _djat_options: ClassVar[Options]
 
     _djat_pre_setup: Future[None] | None
     _djat_routing: ThreadSensitiveContext | None
@@ -85,6 +92,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         check_bases(cls, AsyncTestMixin)
+        check_class(cls)
         for name in CLASS_HOOKS:
             run_class_hook_on_db_thread(cls, name)
         make_async_set_up_test_data_callable(cls)
@@ -134,15 +142,30 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def doClassCleanups(cls) -> None:
         super().doClassCleanups()
 
+    @classmethod
+    async def asyncSetUpClass(cls) -> None:
+        """With ``loop_scope = "class"``: runs once, on its loop, after ``setUpClass``."""
+
+    @classmethod
+    async def asyncTearDownClass(cls) -> None:
+        """With ``loop_scope = "class"``: runs once, on its loop, before ``tearDownClass``."""
+
     # --- Per test -----------------------------------------------------------
 
     def _setupAsyncioRunner(self) -> None:
         # M. Start the per-test database setup on D first, so that D opens
         # the atomics while M builds the loop.
         assert self._asyncioRunner is None, "asyncio runner is already initialized"
+        cls = type(self)
         if not _is_skipped(self):
             self._djat_pre_setup = db_thread().submit(self._djat_run_pre_setup)
-        self._asyncioRunner = asyncio.Runner(debug=self.loop_debug, loop_factory=self.loop_factory)
+        class_loop: ClassLoop | None = cls.__dict__.get("_djat_class_loop")
+        if class_loop is not None:
+            self._asyncioRunner = class_loop.runner
+            self._asyncioTestContext = class_loop.context.copy()
+            return
+        opts = cls.__dict__.get("_djat_options") or options(cls)
+        self._asyncioRunner = new_runner(debug=opts.loop_debug, loop_factory=self.loop_factory)
 
     def _djat_run_pre_setup(self) -> None:
         # D.
@@ -213,13 +236,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         finally:
             self._djat_reset()
             self._asyncioRunner = None
-            runner.close()
+            class_loop = type(self).__dict__.get("_djat_class_loop")
+            if class_loop is None or runner is not class_loop.runner:
+                runner.close()
 
     def __del__(self) -> None:
-        runner = self._asyncioRunner
-        if runner is not None:
-            self._asyncioRunner = None
-            runner.close()
+        # IsolatedAsyncioTestCase closes a runner left behind; ours never is.
+        pass
 
     # --- Dispatch -----------------------------------------------------------
 

@@ -23,8 +23,10 @@ from django.db import connections
 from django.test import SimpleTestCase
 
 from djasynctest._bootstrap import ensure_test_databases
+from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
 from djasynctest._dbtools import connect_receivers
+from djasynctest._loop import ClassLoop, new_runner
 from djasynctest._routing import routing_context
 
 __unittest = True
@@ -79,20 +81,86 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
         __tracebackhide__ = True
         db = db_thread()
         if db.is_current():
+            # Called through super() from a hook already on D.
             return func(klass, *args, **kwargs)
-        if name != "setUpClass":
+        if name == "setUpClass":
+            return _set_up_class(db, func, klass, *args, **kwargs)
+        if name == "tearDownClass":
+            return _tear_down_class(db, func, klass, *args, **kwargs)
+        try:
             return db.call(func, klass, *args, **kwargs)
-        ensure_test_databases(_aliases(klass))
-        connect_receivers()
-        set_up = _with_serialized_contents(func, klass)
-        # M runs an event loop while D sets the class up, so that an async
-        # setUpTestData, called by Django through async_to_sync on D, runs
-        # here on M with its ORM calls sent back to D.
-        with asyncio.Runner(debug=klass.loop_debug, loop_factory=klass.loop_factory) as runner:
-            return runner.run(_on_db_thread_from_loop(db, set_up, klass, *args, **kwargs))
+        finally:
+            _close_class_loop(klass)
 
     on_db_thread._djat_db_thread = True  # type: ignore[attr-defined]
     setattr(cls, name, classmethod(on_db_thread))
+
+
+def _set_up_class(
+    db: DBThread, func: Callable[..., Any], klass: Any, /, *args: Any, **kwargs: Any
+) -> Any:
+    # M.
+    __tracebackhide__ = True
+    opts = options(klass)
+    klass._djat_options = opts
+    if opts.loop_scope == "test":
+        for hook in ("asyncSetUpClass", "asyncTearDownClass"):
+            if _defines(klass, hook):
+                msg = (
+                    f"{klass.__qualname__}.{hook} needs one event loop for the whole class: "
+                    f'set loop_scope = "class" on {klass.__qualname__}.'
+                )
+                raise TypeError(msg)
+    ensure_test_databases(_aliases(klass))
+    connect_receivers()
+    set_up = _with_serialized_contents(func, klass)
+    # M runs an event loop while D sets the class up, so that an async
+    # setUpTestData, called by Django through async_to_sync on D, runs here on
+    # M with its ORM calls sent back to D.
+    call = _on_db_thread_from_loop(db, set_up, klass, *args, **kwargs)
+    if opts.loop_scope == "test":
+        with new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory) as runner:
+            return runner.run(call)
+    loop = klass._djat_class_loop = ClassLoop(
+        db, debug=opts.loop_debug, loop_factory=klass.loop_factory
+    )
+    result = loop.run(call)
+    try:
+        loop.run(klass.asyncSetUpClass())
+    except BaseException:
+        # unittest calls no tearDownClass after a failed setUpClass: undo the
+        # class set-up (Django's atomics) here, on D.
+        db.call(klass.tearDownClass)
+        raise
+    return result
+
+
+def _tear_down_class(
+    db: DBThread, func: Callable[..., Any], klass: Any, /, *args: Any, **kwargs: Any
+) -> Any:
+    # M.
+    __tracebackhide__ = True
+    loop = klass.__dict__.get("_djat_class_loop")
+    try:
+        if loop is not None:
+            loop.run(klass.asyncTearDownClass())
+    finally:
+        result = db.call(func, klass, *args, **kwargs)
+    return result
+
+
+def _close_class_loop(klass: Any) -> None:
+    # M, after the class's last hook (doClassCleanups runs even when setUpClass failed).
+    loop = klass.__dict__.get("_djat_class_loop")
+    if loop is not None:
+        del klass._djat_class_loop
+        loop.close()
+
+
+def _defines(klass: type, name: str) -> bool:
+    from djasynctest._case import AsyncTestMixin
+
+    return getattr(klass, name).__func__ is not getattr(AsyncTestMixin, name).__func__
 
 
 async def _on_db_thread_from_loop(

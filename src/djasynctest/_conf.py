@@ -1,0 +1,111 @@
+"""Options: class attributes, with defaults from the ``DJASYNCTEST`` setting, checked in one place.
+
+A test class sets an option as a class attribute (``loop_scope = "class"``);
+a project sets its default in settings::
+
+    DJASYNCTEST = {"BLOCKING_THRESHOLD": 0.2, "TIMEOUT": 30}
+
+The class attribute wins. Every value is checked when the class is created,
+and again when the setting is read, so that a typo fails fast with the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__unittest = True
+
+LoopScope = Literal["test", "class"]
+BlockingMode = Literal["fail", "warn"]
+
+# option name on the class -> key in settings.DJASYNCTEST, default
+OPTIONS: dict[str, tuple[str, Any]] = {
+    "loop_scope": ("LOOP_SCOPE", "test"),
+    "loop_debug": ("LOOP_DEBUG", False),
+    "blocking_threshold": ("BLOCKING_THRESHOLD", 0.1),
+    "blocking_mode": ("BLOCKING_MODE", "fail"),
+    "timeout": ("TIMEOUT", None),
+    "task_creation_stacks": ("TASK_CREATION_STACKS", False),
+}
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class Options:
+    loop_scope: LoopScope
+    loop_debug: bool
+    blocking_threshold: float | None
+    blocking_mode: BlockingMode
+    timeout: float | None
+    task_creation_stacks: bool
+
+
+def _check(name: str, value: Any, where: str) -> Any:
+    def fail(expected: str) -> None:
+        msg = f"{where} is {value!r}; it must be {expected}."
+        raise TypeError(msg)
+
+    if name == "loop_scope" and value not in ("test", "class"):
+        fail("'test' (a new event loop for each test) or 'class' (one for the whole class)")
+    if name in ("loop_debug", "task_creation_stacks") and not isinstance(value, bool):
+        fail("True or False")
+    if name in ("blocking_threshold", "timeout") and not _seconds_or_none(value):
+        fail("a number of seconds greater than 0, or None to turn it off")
+    if name == "blocking_mode" and value not in ("fail", "warn"):
+        fail("'fail' (the test fails) or 'warn' (a BlockingWarning)")
+    return value
+
+
+def _seconds_or_none(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def check_class(cls: type) -> None:
+    """Check the options a test class sets, and catch misspelt ones (class creation)."""
+    for name, value in vars(cls).items():
+        if name in OPTIONS:
+            if value is not INHERITED:
+                _check(name, value, f"{cls.__qualname__}.{name}")
+        elif not name.startswith("_") and (close := _close_option(name)):
+            msg = f"{cls.__qualname__}.{name} is not a djasynctest option; did you mean {close}?"
+            raise TypeError(msg)
+
+
+def _close_option(name: str) -> str | None:
+    matches = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.85)
+    return matches[0] if matches else None
+
+
+def options(cls: type) -> Options:
+    """The options in force for ``cls``: its attributes, else the setting, else the default."""
+    from django.conf import settings
+
+    configured = getattr(settings, "DJASYNCTEST", {})
+    unknown = set(configured) - {key for key, _ in OPTIONS.values()}
+    if unknown:
+        msg = (
+            f"settings.DJASYNCTEST has unknown keys {sorted(unknown)}; "
+            f"the keys are {sorted(key for key, _ in OPTIONS.values())}."
+        )
+        raise TypeError(msg)
+    values = {}
+    for name, (key, default) in OPTIONS.items():
+        value = getattr(cls, name, _UNSET)
+        if value is _UNSET or value is INHERITED:
+            value = _check(name, configured.get(key, default), f"settings.DJASYNCTEST[{key!r}]")
+        values[name] = value
+    return Options(**values)
+
+
+class _Inherited:
+    """The value of an option the class does not set: the setting's, or the default."""
+
+    def __repr__(self) -> str:
+        return "<from settings.DJASYNCTEST, else the default>"
+
+
+INHERITED: Any = _Inherited()

@@ -1,0 +1,48 @@
+"""Event loops: one per test (IsolatedAsyncioTestCase's way) or one per class.
+
+With ``loop_scope = "class"``, one ``asyncio.Runner`` and one
+``contextvars.Context`` serve the whole class: ``asyncSetUpClass``, every test
+(each in a copy of the class context, so that what the class set up is
+visible and what a test sets is not seen by the next) and
+``asyncTearDownClass``. The class context routes thread-sensitive calls to
+the DB thread, so that global async clients made in ``asyncSetUpClass`` can
+reach the ORM too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from djasynctest._dbthread import DBThread
+from djasynctest._routing import routing_context
+
+__unittest = True
+
+T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+
+
+def new_runner(*, debug: bool, loop_factory: LoopFactory) -> asyncio.Runner:
+    return asyncio.Runner(debug=debug, loop_factory=loop_factory)
+
+
+class ClassLoop:
+    """The event loop and context of a class with ``loop_scope = "class"`` (M)."""
+
+    def __init__(self, db: DBThread, *, debug: bool, loop_factory: LoopFactory) -> None:
+        self.runner = new_runner(debug=debug, loop_factory=loop_factory)
+        self.context = contextvars.copy_context()
+        self._routing = routing_context(db)
+        self.run(self._routing.__aenter__())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.runner.run(coro, context=self.context)
+
+    def close(self) -> None:
+        try:
+            self.run(self._routing.__aexit__(None, None, None))
+        finally:
+            self.runner.close()
