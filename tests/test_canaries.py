@@ -79,3 +79,11 @@ def test_django_reads_serialized_contents_from_the_connection() -> None:
     assert "self.connection._test_serialized_contents = " in source(
         BaseDatabaseCreation.create_test_db
     )
+
+
+def test_asgiref_single_thread_executor_keeps_its_threads() -> None:
+    """_routing.process_wide_threads: not reported as threads a test left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert isinstance(SyncToAsync.single_thread_executor, ThreadPoolExecutor)
+    assert "self._threads = set()" in source(ThreadPoolExecutor.__init__)

@@ -28,7 +28,8 @@ def problems(result: unittest.TestResult) -> list[str]:
 
 
 def assert_passed(result: unittest.TestResult, count: int) -> None:
-    assert problems(result) == []
+    texts = problems(result)
+    assert texts == [], "\n".join(texts)
     assert result.testsRun == count
     assert not result.skipped
 

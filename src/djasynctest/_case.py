@@ -27,6 +27,7 @@ import contextvars
 import functools
 import inspect
 import threading
+import time
 import unittest
 import warnings
 from collections.abc import Callable, Coroutine
@@ -44,7 +45,14 @@ from djasynctest._classlevel import (
     make_async_set_up_test_data_callable,
     run_class_hook_on_db_thread,
 )
-from djasynctest._conf import INHERITED, LoopScope, Options, check_class, options
+from djasynctest._conf import (
+    INHERITED,
+    BlockingMode,
+    LoopScope,
+    Options,
+    check_class,
+    options,
+)
 from djasynctest._dbthread import db_thread
 from djasynctest._dbtools import (
     AsyncModifySettings,
@@ -53,6 +61,17 @@ from djasynctest._dbtools import (
     SyncClient,
     call_inside,
     loop_running,
+)
+from djasynctest._diagnostics import (
+    BlockingWarning,
+    LoopBlocked,
+    PendingTaskWarning,
+    blocking_report,
+    leaks_report,
+    new_threads,
+    record_task_creation,
+    watch_blocking,
+    with_timeout,
 )
 from djasynctest._loop import ClassLoop, new_runner
 from djasynctest._routing import routing_context
@@ -82,8 +101,21 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     loop_scope: ClassVar[LoopScope] = INHERITED
     #: Run the loop in asyncio's debug mode (slow; ``IsolatedAsyncioTestCase``'s default).
     loop_debug: ClassVar[bool] = INHERITED
+    #: Seconds a callback may hold the event loop before it is reported (default 0.1);
+    #: ``None`` turns the blocking detector off.
+    blocking_threshold: ClassVar[float | None] = INHERITED
+    #: ``"fail"`` (default): a blocked loop fails the test; ``"warn"``: a :class:`BlockingWarning`.
+    blocking_mode: ClassVar[BlockingMode] = INHERITED
+    #: Seconds each test may run (hooks included) before it fails with the stack of every
+    #: pending task; ``None`` (default): no limit.
+    timeout: ClassVar[float | None] = INHERITED
+    #: Record where each task is created, to show it when a test leaves one pending (slow).
+    task_creation_stacks: ClassVar[bool] = INHERITED
 
-    _djat_options: ClassVar[Options]
+    _djat_options: Options
+    _djat_deadline: float
+    _djat_threads_before: set[threading.Thread]
+    _djat_tasks_before: set[asyncio.Task[Any]]
 
     _djat_pre_setup: Future[None] | None
     _djat_routing: ThreadSensitiveContext | None
@@ -159,12 +191,12 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         cls = type(self)
         if not _is_skipped(self):
             self._djat_pre_setup = db_thread().submit(self._djat_run_pre_setup)
+        opts = self._djat_options = cls.__dict__.get("_djat_options") or options(cls)
         class_loop: ClassLoop | None = cls.__dict__.get("_djat_class_loop")
         if class_loop is not None:
             self._asyncioRunner = class_loop.runner
             self._asyncioTestContext = class_loop.context.copy()
             return
-        opts = cls.__dict__.get("_djat_options") or options(cls)
         self._asyncioRunner = new_runner(debug=opts.loop_debug, loop_factory=self.loop_factory)
 
     def _djat_run_pre_setup(self) -> None:
@@ -188,7 +220,15 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
         assert self._asyncioRunner is not None
-        self._asyncioRunner.get_loop()
+        loop = self._asyncioRunner.get_loop()
+        opts = self._djat_options
+        if opts.timeout is not None:
+            self._djat_deadline = time.monotonic() + opts.timeout
+        self._djat_threads_before = set(threading.enumerate())
+        self._djat_tasks_before = asyncio.all_tasks(loop)
+        if opts.task_creation_stacks:
+            record_task_creation(loop)
+        self.addCleanup(self._djat_check_leaks)
         if _overrides(self, "setUp", unittest.TestCase):
             self._djat_call(self.setUp)
         if _overrides(self, "asyncSetUp", unittest.IsolatedAsyncioTestCase):
@@ -209,7 +249,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._djat_call(self.tearDown)
 
     def _callCleanup(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
-        self._djat_call(function, *args, **kwargs)
+        if function == self._djat_check_leaks:
+            function()  # M: it looks at the loop and the threads, not the database
+        else:
+            self._djat_call(function, *args, **kwargs)
 
     def _tearDownAsyncioRunner(self) -> None:
         # M.
@@ -254,16 +297,56 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _djat_run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
         # M: runs the loop until coro is done.
-        assert self._asyncioRunner is not None, "asyncio runner is not initialized"
+        __tracebackhide__ = True
+        runner = self._asyncioRunner
+        assert runner is not None, "asyncio runner is not initialized"
+        opts = self._djat_options
+        if opts.timeout is not None:
+            remaining = max(self._djat_deadline - time.monotonic(), 0.001)
+            coro = with_timeout(coro, remaining, timeout=opts.timeout, test=str(self))
         if self._djat_routing is None:
             self._djat_routing = routing_context(db_thread())
             coro = _entered(self._djat_routing, coro)
+        threshold = opts.blocking_threshold
+        if threshold is None:
+            return self._djat_run(runner, coro)
+        watch, watching = watch_blocking(runner.get_loop(), threshold)
+        blocks: list[tuple[float, str]] = []
         try:
-            return self._asyncioRunner.run(coro, context=self._asyncioTestContext)
+            with watching:
+                watch.start()
+                try:
+                    result = self._djat_run(runner, coro)
+                finally:
+                    blocks = watch.stop()
+        except BaseException as exc:
+            if blocks:
+                exc.add_note(blocking_report(str(self), blocks, threshold))
+            raise
+        if blocks:
+            report = blocking_report(str(self), blocks, threshold)
+            if opts.blocking_mode == "fail":
+                raise LoopBlocked(report)
+            warnings.warn(report, BlockingWarning, stacklevel=2)
+        return result
+
+    def _djat_run(self, runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
+        __tracebackhide__ = True
+        try:
+            return runner.run(coro, context=self._asyncioTestContext)
         except SynchronousOnlyOperation as exc:
             if SYNC_ORM_HINT not in getattr(exc, "__notes__", ()):
                 exc.add_note(SYNC_ORM_HINT)
             raise
+
+    def _djat_check_leaks(self) -> None:
+        # M, with the loop stopped, after the user's cleanups and before the rollback.
+        assert self._asyncioRunner is not None
+        loop = self._asyncioRunner.get_loop()
+        tasks = asyncio.all_tasks(loop) - self._djat_tasks_before
+        report = leaks_report(str(self), tasks, new_threads(self._djat_threads_before))
+        if report is not None:
+            warnings.warn(report, PendingTaskWarning, stacklevel=1)
 
     # --- Django's tools, on the DB thread's connections ---------------------
 

@@ -28,6 +28,7 @@ forever on a loop that does not run.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Executor
 
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
@@ -43,3 +44,8 @@ def routing_context(executor: Executor) -> ThreadSensitiveContext:
 def forget_event_loop() -> None:
     """Make ``async_to_sync`` on this thread start its own loop, not reuse a stale one."""
     SyncToAsync.threadlocal.main_event_loop = None
+
+
+def process_wide_threads() -> set[threading.Thread]:
+    """asgiref's own long-lived thread(s): started on first use, kept for the process."""
+    return set(getattr(SyncToAsync.single_thread_executor, "_threads", ()))

@@ -12,4 +12,6 @@ urlpatterns = [
     path("items/page/", views.item_template),
     path("items/form/", views.item_form),
     path("go/", views.go_to_items),
+    path("health/slow/", views.slow_health),
+    path("health/slow-sync/", views.slow_sync_health),
 ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib.auth.decorators import login_required
@@ -65,3 +67,15 @@ async def item_form(request: HttpRequest) -> HttpResponse:
 
 async def go_to_items(request: HttpRequest) -> HttpResponse:
     return redirect("/items/")
+
+
+async def slow_health(request: HttpRequest) -> JsonResponse:
+    """A health check that blocks the event loop: what the blocking detector must find."""
+    time.sleep(float(request.GET.get("seconds", "0.3")))
+    return JsonResponse({"status": "ok"})
+
+
+def slow_sync_health(request: HttpRequest) -> JsonResponse:
+    """The same in a sync view: it runs on the DB thread and leaves the loop free."""
+    time.sleep(float(request.GET.get("seconds", "0.3")))
+    return JsonResponse({"status": "ok"})

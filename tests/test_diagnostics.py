@@ -1,0 +1,159 @@
+"""The diagnostics catch the real thing, name where it is, and stay quiet on clean tests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import warnings
+
+import pytest
+
+from djasynctest import AsyncTestCase
+from djasynctest._diagnostics import BlockingWarning, PendingTaskWarning
+from tests.testapp.models import Item
+from tests.utils import assert_passed, leftover_rows, run_case
+
+# --- Blocking detector ----------------------------------------------------------
+
+
+def test_blocking_view_fails_the_test_and_names_the_line() -> None:
+    class Health(AsyncTestCase):
+        async def test_health(self) -> None:
+            response = await self.async_client.get("/health/slow/?seconds=0.3")
+            self.assertEqual(response.status_code, 200)
+
+    result = run_case(Health)
+    [(_, text)] = result.failures
+    held = re.search(r"LoopBlocked: The event loop was blocked for about (\S+) s", text)
+    assert held is not None, text
+    assert 0.25 <= float(held[1]) < 1
+    assert "(blocking_threshold is 0.1 s) in test_health" in text
+    # The sampled stack ends in the view, at the line that blocked.
+    assert 'tests/testapp/views.py", line' in text
+    assert 'in slow_health\n    time.sleep(float(request.GET.get("seconds", "0.3")))' in text
+    assert "await asyncio.to_thread(func)" in text
+
+
+def test_blocking_in_the_test_itself_in_warn_mode() -> None:
+    class Warned(AsyncTestCase):
+        blocking_mode = "warn"
+        blocking_threshold = 0.05
+
+        async def test_sleeps(self) -> None:
+            time.sleep(0.2)
+
+    with pytest.warns(BlockingWarning) as caught:
+        assert_passed(run_case(Warned), 1)
+    [warning] = caught
+    assert "in test_sleeps\n    time.sleep(0.2)" in str(warning.message)
+
+
+def test_clean_and_sync_blocking_tests_are_not_reported() -> None:
+    class Clean(AsyncTestCase):
+        async def test_awaits(self) -> None:
+            await asyncio.sleep(0.2)
+            await Item.objects.acreate(name="quick")
+
+        async def test_sync_view_blocks_the_db_thread_not_the_loop(self) -> None:
+            response = await self.async_client.get("/health/slow-sync/?seconds=0.3")
+            self.assertEqual(response.status_code, 200)
+
+        def test_sync_test(self) -> None:
+            time.sleep(0.2)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_passed(run_case(Clean), 3)
+
+
+def test_blocking_detector_can_be_turned_off() -> None:
+    class Off(AsyncTestCase):
+        blocking_threshold = None
+
+        async def test_sleeps(self) -> None:
+            time.sleep(0.2)
+
+    assert_passed(run_case(Off), 1)
+
+
+def test_blocking_note_is_added_to_the_tests_own_error() -> None:
+    class Both(AsyncTestCase):
+        async def test_it(self) -> None:
+            time.sleep(0.3)
+            raise ValueError("own error")
+
+    [(_, text)] = run_case(Both).errors
+    assert "ValueError: own error" in text
+    assert "The event loop was blocked for" in text
+
+
+# --- Timeout --------------------------------------------------------------------------
+
+
+def test_timeout_fails_with_every_pending_tasks_stack_and_rolls_back() -> None:
+    class Forever(AsyncTestCase):
+        timeout = 0.5
+
+        async def test_waits_forever(self) -> None:
+            await Item.objects.acreate(name="before the hang")
+            self.helper = asyncio.create_task(self.helper_waits(), name="helper")
+            await asyncio.Event().wait()
+
+        async def helper_waits(self) -> None:
+            await asyncio.Event().wait()
+
+    start = time.monotonic()
+    result = run_case(Forever)
+    assert time.monotonic() - start < 5
+    [(_, text)] = result.failures
+    assert "TestTimeout: test_waits_forever" in text
+    assert "did not finish within its timeout of 0.5 s" in text
+    assert "in test_waits_forever\n    await asyncio.Event().wait()" in text
+    assert "task helper:" in text
+    assert "in helper_waits\n    await asyncio.Event().wait()" in text
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_timeout_leaves_quick_tests_alone() -> None:
+    class Quick(AsyncTestCase):
+        timeout = 5
+
+        async def test_it(self) -> None:
+            await Item.objects.acount()
+
+    assert_passed(run_case(Quick), 1)
+
+
+# --- Leaks ------------------------------------------------------------------------------
+
+
+def test_pending_task_is_reported_with_where_it_was_created() -> None:
+    class Leaky(AsyncTestCase):
+        task_creation_stacks = True
+
+        async def test_starts_a_task(self) -> None:
+            self.task = asyncio.create_task(asyncio.Event().wait(), name="forgotten")
+
+    with pytest.warns(PendingTaskWarning) as caught:
+        assert_passed(run_case(Leaky), 1)
+    [warning] = caught
+    message = str(warning.message)
+    assert "task forgotten (" in message
+    assert "created at:" in message
+    assert "in test_starts_a_task\n    self.task = asyncio.create_task(" in message
+
+
+def test_thread_left_running_is_reported() -> None:
+    stop = threading.Event()
+
+    class LeavesThread(AsyncTestCase):
+        async def test_starts_a_thread(self) -> None:
+            threading.Thread(target=stop.wait, name="forgotten-worker").start()
+
+    try:
+        with pytest.warns(PendingTaskWarning, match="thread 'forgotten-worker' is still running"):
+            assert_passed(run_case(LeavesThread), 1)
+    finally:
+        stop.set()
