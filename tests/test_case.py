@@ -34,7 +34,13 @@ def test_public_names() -> None:
         "AsyncTestCase",
         "AsyncTestMixin",
         "AsyncTransactionTestCase",
+        "BlockingWarning",
+        "LoopBlocked",
+        "PendingTaskWarning",
+        "TestTimeout",
     )
+    for name in djasynctest.__all__:
+        assert getattr(djasynctest, name).__module__.startswith("djasynctest")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,12 @@ from djasynctest._case import (  # noqa: E402
     AsyncTestMixin,
     AsyncTransactionTestCase,
 )
+from djasynctest._diagnostics import (  # noqa: E402
+    BlockingWarning,
+    LoopBlocked,
+    PendingTaskWarning,
+    TestTimeout,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -23,4 +29,8 @@ __all__ = (
     "AsyncTestCase",
     "AsyncTestMixin",
     "AsyncTransactionTestCase",
+    "BlockingWarning",
+    "LoopBlocked",
+    "PendingTaskWarning",
+    "TestTimeout",
 )

@@ -34,17 +34,20 @@ from collections.abc import Coroutine, Iterator
 from types import FrameType
 from typing import Any, TypeVar
 
-import djasynctest
+import django
+
 from djasynctest._routing import process_wide_threads
 
 __unittest = True
 
 T = TypeVar("T")
 
+# Frames of these packages are left out of the stacks shown to users: the
+# user's code is what they can change.
+_RUNNERS = asyncio.runners.__file__
 _HIDDEN = tuple(
-    os.path.dirname(module.__file__) + os.sep
-    for module in (asyncio, djasynctest, unittest)
-    if module.__file__
+    os.path.dirname(path) + os.sep
+    for path in (asyncio.__file__, __file__, unittest.__file__, django.__file__)
 )
 
 
@@ -67,10 +70,23 @@ class PendingTaskWarning(ResourceWarning):
 
 
 def user_stack(frame: FrameType | None, *, limit: int = 12) -> str:
-    """The stack of ``frame``, without the frames of asyncio, unittest and djasynctest."""
-    summary = traceback.extract_stack(frame)
+    """The user's part of the stack of ``frame``, and the innermost frame wherever it is."""
+    return _format(traceback.extract_stack(frame), limit=limit)
+
+
+def _format(summary: traceback.StackSummary, *, limit: int = 12) -> str:
+    # What runs on the loop starts after asyncio.Runner.run; before it are
+    # unittest, the test runner and the program's start.
+    starts = [i for i, entry in enumerate(summary) if entry.filename == _RUNNERS]
+    summary = traceback.StackSummary.from_list(summary[starts[-1] + 1 :] if starts else summary)
     kept = [entry for entry in summary if not entry.filename.startswith(_HIDDEN)]
-    return "".join(traceback.format_list((kept or list(summary))[-limit:]))
+    if summary and (not kept or kept[-1] is not summary[-1]):
+        kept.append(summary[-1])  # the call that was running, even inside a library
+    return "".join(traceback.format_list(kept[-limit:]))
+
+
+for _public in (BlockingWarning, LoopBlocked, TestTimeout, PendingTaskWarning):
+    _public.__module__ = "djasynctest"  # as users import and see them
 
 
 # --- Blocking detector ------------------------------------------------------------
@@ -192,9 +208,7 @@ def task_stack(task: asyncio.Task[Any]) -> str:
             break
         frames.append((frame, frame.f_lineno))
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    summary = traceback.StackSummary.extract(frames)
-    kept = [entry for entry in summary if not entry.filename.startswith(_HIDDEN)]
-    return "".join(traceback.format_list(kept)) or "  (not started)\n"
+    return _format(traceback.StackSummary.extract(frames)) or "  (not started)\n"
 
 
 def tasks_report(loop: asyncio.AbstractEventLoop, test_task: asyncio.Task[Any]) -> str:
