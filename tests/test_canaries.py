@@ -87,3 +87,16 @@ def test_asgiref_single_thread_executor_keeps_its_threads() -> None:
 
     assert isinstance(SyncToAsync.single_thread_executor, ThreadPoolExecutor)
     assert "self._threads = set()" in source(ThreadPoolExecutor.__init__)
+
+
+def test_asgiref_executor_context_enters_and_exits_without_suspending() -> None:
+    """_routing.enter_routing / exit_routing drive these coroutines without a loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from djasynctest._routing import enter_routing, exit_routing
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        routing = enter_routing(executor)
+        assert SyncToAsync.thread_sensitive_context.get() is routing
+        exit_routing(routing)
+        assert SyncToAsync.thread_sensitive_context.get(None) is None

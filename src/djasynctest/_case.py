@@ -13,11 +13,11 @@ process's DB thread, which owns every database connection):
    functions on the loop (M), in the test's ``contextvars.Context``; plain
    functions on D, in that same context. The loop runs only while async code
    runs, so the two never use the context at the same time.
-4. The first coroutine of a test enters the routing context (see
+4. Before the first hook, the test's context enters the routing context (see
    ``_routing``): thread-sensitive ``sync_to_async`` calls, which is all of
    Django's async ORM and request handling, go to D.
-5. ``_tearDownAsyncioRunner`` (M) exits the routing context, finishes a
-   teardown that an exception skipped (``debug()``), and closes the loop.
+5. ``_tearDownAsyncioRunner`` (M) finishes a teardown that an exception
+   skipped (``debug()``), exits the routing context, and closes the loop.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ from djasynctest._diagnostics import (
     with_timeout,
 )
 from djasynctest._loop import ClassLoop, new_runner
-from djasynctest._routing import routing_context
+from djasynctest._routing import enter_routing, exit_routing
 
 __unittest = True
 
@@ -221,6 +221,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self.addCleanup(self._djat_post_teardown)
         assert self._asyncioRunner is not None
         loop = self._asyncioRunner.get_loop()
+        self._djat_routing = self._asyncioTestContext.run(enter_routing, db_thread())
         opts = self._djat_options
         if opts.timeout is not None:
             self._djat_deadline = time.monotonic() + opts.timeout
@@ -272,10 +273,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                 # the rollback must happen anyway.
                 self.doCleanups()
             if self._djat_routing is not None:
-                runner.run(
-                    self._djat_routing.__aexit__(None, None, None),
-                    context=self._asyncioTestContext,
-                )
+                self._asyncioTestContext.run(exit_routing, self._djat_routing)
         finally:
             self._djat_reset()
             self._asyncioRunner = None
@@ -304,9 +302,6 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if opts.timeout is not None:
             remaining = max(self._djat_deadline - time.monotonic(), 0.001)
             coro = with_timeout(coro, remaining, timeout=opts.timeout, test=str(self))
-        if self._djat_routing is None:
-            self._djat_routing = routing_context(db_thread())
-            coro = _entered(self._djat_routing, coro)
         threshold = opts.blocking_threshold
         if threshold is None:
             return self._djat_run(runner, coro)
@@ -454,15 +449,6 @@ def _off_db_thread(func: Callable[..., T], /, *args: Any) -> T:
     threading.Thread(target=run_test, name="djasynctest-nested-test", daemon=True).start()
     db.serve_until(outcome)
     return _result(outcome)
-
-
-async def _entered(routing: ThreadSensitiveContext, coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        await routing.__aenter__()
-    except BaseException:
-        coro.close()
-        raise
-    return await coro
 
 
 def _result(future: Future[T]) -> T:

@@ -27,7 +27,7 @@ from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
 from djasynctest._dbtools import connect_receivers
 from djasynctest._loop import ClassLoop, new_runner
-from djasynctest._routing import routing_context
+from djasynctest._routing import enter_routing, exit_routing
 
 __unittest = True
 
@@ -166,8 +166,11 @@ def _defines(klass: type, name: str) -> bool:
 async def _on_db_thread_from_loop(
     db: DBThread, func: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> Any:
-    async with routing_context(db):
+    routing = enter_routing(db)
+    try:
         return await sync_to_async(func)(*args, **kwargs)
+    finally:
+        exit_routing(routing)
 
 
 def _with_serialized_contents(func: Callable[..., T], klass: type[Any]) -> Callable[..., T]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from djasynctest._dbthread import DBThread
-from djasynctest._routing import routing_context
+from djasynctest._routing import enter_routing, exit_routing
 
 __unittest = True
 
@@ -35,14 +35,13 @@ class ClassLoop:
     def __init__(self, db: DBThread, *, debug: bool, loop_factory: LoopFactory) -> None:
         self.runner = new_runner(debug=debug, loop_factory=loop_factory)
         self.context = contextvars.copy_context()
-        self._routing = routing_context(db)
-        self.run(self._routing.__aenter__())
+        self._routing = self.context.run(enter_routing, db)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro, context=self.context)
 
     def close(self) -> None:
         try:
-            self.run(self._routing.__aexit__(None, None, None))
+            self.context.run(exit_routing, self._routing)
         finally:
             self.runner.close()

@@ -10,8 +10,9 @@ sessions all run their database work through asgiref's thread-sensitive
 4. one process-wide thread.
 
 A test enters ``ThreadSensitiveContext(executor=<DB thread>)`` (route 2, a
-public API since asgiref 3.13) inside its ``contextvars.Context``, so every
-task of the test sends its thread-sensitive calls to the DB thread. Request
+public API since asgiref 3.13) inside its ``contextvars.Context`` before its
+first hook, so every task of the test sends its thread-sensitive calls to the
+DB thread. Request
 handling that opens a ``ThreadSensitiveContext`` of its own (Django's
 ``ASGIHandler``) nests inside ours and keeps our executor. When the test ends
 the context is exited: a task that outlives its test and still calls the ORM
@@ -29,16 +30,43 @@ forever on a loop that does not run.
 from __future__ import annotations
 
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Executor
+from typing import Any
 
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 
 __unittest = True
 
 
-def routing_context(executor: Executor) -> ThreadSensitiveContext:
-    """An async context manager that sends thread-sensitive calls to ``executor``."""
-    return ThreadSensitiveContext(executor=executor)
+def enter_routing(executor: Executor) -> ThreadSensitiveContext:
+    """Send thread-sensitive calls made in the current context to ``executor``.
+
+    Call it inside the ``contextvars.Context`` to route (``context.run``), with
+    or without a running loop: entering a ``ThreadSensitiveContext`` with an
+    executor never suspends, so it needs no event loop.
+    """
+    routing = ThreadSensitiveContext(executor=executor)
+    _finish_now(routing.__aenter__())
+    return routing
+
+
+def exit_routing(routing: ThreadSensitiveContext) -> None:
+    """Undo ``enter_routing``, in the same context."""
+    _finish_now(routing.__aexit__(None, None, None))
+
+
+def _finish_now(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    msg = (
+        "asgiref's ThreadSensitiveContext now suspends when entered or exited; this "
+        "version of djasynctest does not support this asgiref version."
+    )
+    raise RuntimeError(msg)
 
 
 def forget_event_loop() -> None:
