@@ -141,3 +141,17 @@ def conformance(session: nox.Session, django: str) -> None:
     """Django's own test-framework tests, with our classes swapped in (see tests/conformance)."""
     session.install(DJANGOS[django], "-e", ".", "pip")
     session.run("python", "tests/conformance/run.py", *session.posargs)
+
+
+@nox.session(python="3.13")
+def bench(session: nox.Session) -> None:
+    """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
+    session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python="3.13")
+def bench(session: nox.Session) -> None:
+    """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
+    session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
+    session.run("python", "bench/run.py", *session.posargs)

@@ -1,0 +1,378 @@
+"""Benchmark: what an async test costs next to a sync ``TestCase`` test.
+
+``nox -s bench`` runs this. In one process, for each kind of test (trivial,
+ORM, setUpTestData, AsyncClient request) it builds N tests of each flavour
+(Django's sync ``TestCase``, ``async def`` tests in Django's ``TestCase``,
+plain ``IsolatedAsyncioTestCase``, ``AsyncTestCase`` with a loop per test and
+per class) and runs them in interleaved rounds, keeping each flavour's best
+round, so that machine noise hits every flavour alike. It also times one DB
+thread hop, the diagnostics' overhead, the speed-up of two parallel workers on
+a 2,000-test suite, and resources after 5,000 tests. Results print as a table
+and are written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import django.test  # noqa: E402
+from asgiref.sync import sync_to_async  # noqa: E402
+from django.test.utils import setup_databases, setup_test_environment  # noqa: E402
+
+import djasynctest  # noqa: E402
+from djasynctest import AsyncTestCase  # noqa: E402
+from djasynctest._dbthread import db_thread  # noqa: E402
+from djasynctest._routing import enter_routing, exit_routing  # noqa: E402
+from tests.dbconfig import BACKEND  # noqa: E402
+from tests.testapp.models import Item  # noqa: E402
+
+Body = Callable[..., Any]
+
+
+def bodies(kind: str, is_async: bool) -> dict[str, Any]:
+    """The class attributes of one kind of test, sync or async."""
+    if kind == "trivial":
+        if is_async:
+
+            async def test(self: Any) -> None:
+                pass
+        else:
+
+            def test(self: Any) -> None:
+                pass
+
+        return {"test": test}
+    if kind == "orm":
+        if is_async:
+
+            async def set_up(self: Any) -> None:
+                await Item.objects.acreate(name="setup")
+
+            async def test(self: Any) -> None:
+                await Item.objects.acreate(name="test")
+                assert await Item.objects.acount() == 2
+        else:
+
+            def set_up(self: Any) -> None:
+                Item.objects.create(name="setup")
+
+            def test(self: Any) -> None:
+                Item.objects.create(name="test")
+                assert Item.objects.count() == 2
+
+        return {"setUp": set_up, "test": test}
+    if kind == "testdata":
+
+        @classmethod  # type: ignore[misc]
+        def set_up_test_data(cls: Any) -> None:
+            Item.objects.bulk_create(Item(name=f"row-{i}") for i in range(20))
+
+        if is_async:
+
+            async def test(self: Any) -> None:
+                assert (await Item.objects.aget(name="row-7")).name == "row-7"
+        else:
+
+            def test(self: Any) -> None:
+                assert Item.objects.get(name="row-7").name == "row-7"
+
+        return {"setUpTestData": set_up_test_data, "test": test}
+    if kind == "client":
+        if is_async:
+
+            async def test(self: Any) -> None:
+                assert (await self.async_client.get("/items/")).status_code == 200
+        else:
+
+            def test(self: Any) -> None:
+                assert self.client.get("/items/").status_code == 200
+
+        return {"test": test}
+    raise ValueError(kind)
+
+
+FLAVOURS: dict[str, tuple[type, bool, dict[str, Any]]] = {
+    "TestCase (sync)": (django.test.TestCase, False, {}),
+    "TestCase (async def)": (django.test.TestCase, True, {}),
+    "IsolatedAsyncioTestCase": (unittest.IsolatedAsyncioTestCase, True, {}),
+    "AsyncTestCase, loop per test": (AsyncTestCase, True, {}),
+    "AsyncTestCase, loop per class": (AsyncTestCase, True, {"loop_scope": "class"}),
+}
+KINDS = ["trivial", "orm", "testdata", "client"]
+
+
+def make_class(base: type, attrs: dict[str, Any], count: int) -> type:
+    attrs = dict(attrs)
+    test = attrs.pop("test")
+    if "setUp" in attrs and base is unittest.IsolatedAsyncioTestCase:
+        attrs["asyncSetUp"] = attrs.pop("setUp")
+    methods = {f"test_{i:05}": test for i in range(count)}
+    return type("Bench", (base,), {"__module__": __name__, **attrs, **methods})
+
+
+def run_suite(case: type) -> float:
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(case)
+    result = unittest.TestResult()
+    start = time.perf_counter()
+    suite.run(result)
+    elapsed = time.perf_counter() - start
+    if not result.wasSuccessful():
+        raise RuntimeError(f"{case} failed: {(result.errors + result.failures)[0][1]}")
+    return elapsed / result.testsRun
+
+
+def per_test_costs(count: int, rounds: int) -> dict[str, dict[str, float]]:
+    classes = {}
+    for kind in KINDS:
+        for flavour, (base, is_async, extra) in FLAVOURS.items():
+            if base is unittest.IsolatedAsyncioTestCase and kind != "trivial":
+                continue  # without Django's isolation, only the trivial test compares
+            attrs = bodies(kind, is_async)
+            if base is django.test.TestCase and "setUp" in attrs:
+                # Django's TestCase calls setUp synchronously, even for async tests.
+                attrs["setUp"] = bodies(kind, False)["setUp"]
+            classes[kind, flavour] = make_class(base, {**attrs, **extra}, count)
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(rounds):
+        for key, case in classes.items():
+            gc.collect()
+            cost = run_suite(case)
+            best[key] = min(cost, best.get(key, cost))
+    table: dict[str, dict[str, float]] = {}
+    for (kind, flavour), cost in best.items():
+        table.setdefault(kind, {})[flavour] = cost
+    return table
+
+
+def hop_costs(count: int) -> dict[str, float]:
+    db = db_thread()
+
+    def timed(call: Callable[[], Any]) -> float:
+        for _ in range(200):
+            call()
+        start = time.perf_counter()
+        for _ in range(count):
+            call()
+        return (time.perf_counter() - start) / count
+
+    async def loop_hops() -> dict[str, float]:
+        async def many(routed: bool) -> float:
+            routing = enter_routing(db) if routed else None
+            try:
+                for _ in range(200):
+                    await sync_to_async(int)()
+                start = time.perf_counter()
+                for _ in range(count):
+                    await sync_to_async(int)()
+                return (time.perf_counter() - start) / count
+            finally:
+                if routing is not None:
+                    exit_routing(routing)
+
+        return {
+            "stock sync_to_async, from a loop": await many(routed=False),
+            "sync_to_async to the DB thread, from a loop": await many(routed=True),
+        }
+
+    hops = {"DB thread call, from sync code": timed(lambda: db.call(int))}
+    hops.update(asyncio.run(loop_hops()))
+    return hops
+
+
+def diagnostics_overhead(count: int, rounds: int) -> dict[str, float]:
+    attrs = bodies("trivial", True)
+    variants = {
+        "diagnostics off": {"blocking_threshold": None},
+        "blocking detector (default)": {},
+        "blocking detector + timeout": {"timeout": 60},
+    }
+    classes = {
+        name: make_class(AsyncTestCase, {**attrs, **extra}, count)
+        for name, extra in variants.items()
+    }
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, case in classes.items():
+            cost = run_suite(case)
+            best[name] = min(cost, best.get(name, cost))
+    return best
+
+
+def resources_after(total: int) -> dict[str, dict[str, float]]:
+    def snapshot() -> dict[str, float]:
+        fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1
+        with open("/proc/self/statm") as statm:
+            rss_pages = int(statm.read().split()[1])
+        return {
+            "threads": threading.active_count(),
+            "open_fds": fds,
+            "rss_mib": rss_pages * resource.getpagesize() / 2**20,
+        }
+
+    attrs = bodies("orm", True)
+    run_suite(make_class(AsyncTestCase, attrs, 100))
+    gc.collect()
+    first = snapshot()
+    for _ in range((total - 100) // 500):
+        run_suite(make_class(AsyncTestCase, attrs, 500))
+    gc.collect()
+    return {"after 100 tests": first, f"after {total} tests": snapshot()}
+
+
+PARALLEL_SUITE = """
+from djasynctest import AsyncTestCase
+from tests.testapp.models import Item
+
+
+def _test(number):
+    async def test(self):
+        await Item.objects.acreate(name=f"item-{number}")
+        assert await Item.objects.acount() == 1
+    return test
+
+""" + "\n".join(
+    f"class Cases{c}(AsyncTestCase):\n"
+    f"    locals().update({{f'test_{{n:03}}': _test(n) for n in range(100)}})\n"
+    for c in range(20)
+)
+
+
+def parallel_speedup() -> dict[str, dict[str, float]]:
+    with tempfile.TemporaryDirectory() as folder:
+        package = Path(folder) / "bench_suite"
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        (package / "test_many.py").write_text(PARALLEL_SUITE)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([folder, str(ROOT)]),
+            "DJANGO_SETTINGS_MODULE": "tests.runnerproject.settings",
+        }
+        manage = str(ROOT / "tests" / "runnerproject" / "manage.py")
+        commands = {
+            "manage.py test": (
+                [sys.executable, manage, "test", "bench_suite", "--parallel"],
+                ["1", "2"],
+            ),
+            "pytest": (
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    f"{package}/test_many.py",
+                    "-n",
+                ],
+                ["0", "2"],
+            ),
+        }
+        results = {}
+        for name, (command, workers) in commands.items():
+            times = []
+            for count in workers:
+                start = time.perf_counter()
+                subprocess.run(
+                    [*command, count], cwd=ROOT, env=env, check=True, capture_output=True
+                )
+                times.append(time.perf_counter() - start)
+            results[name] = {
+                "1 worker (s)": times[0],
+                "2 workers (s)": times[1],
+                "speed-up": times[0] / times[1],
+            }
+        return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    versions = results["versions"]
+    print(
+        f"djasynctest {versions['djasynctest']}, Django {versions['django']}, "
+        f"Python {versions['python']}, {versions['database']}, "
+        f"{results['tests_per_class']} tests per class"
+    )
+    for kind, costs in results["per_test"].items():
+        base = costs["TestCase (sync)"]
+        print(f"\n{kind}:")
+        for flavour, cost in costs.items():
+            print(f"  {flavour:32} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
+    print("\nOne thread hop:")
+    stock = results["hops"]["stock sync_to_async, from a loop"]
+    for name, cost in results["hops"].items():
+        print(f"  {name:45} {cost * 1e6:7.1f} us  {cost / stock:5.2f}x stock")
+    print("\nDiagnostics (trivial async test):")
+    off = results["diagnostics"]["diagnostics off"]
+    for name, cost in results["diagnostics"].items():
+        print(f"  {name:32} {cost * 1e3:7.3f} ms  {100 * (cost / off - 1):+5.1f} %")
+    if "parallel" in results:
+        print("\nParallel, 2,000 async ORM tests (wall time):")
+        for name, row in results["parallel"].items():
+            print(
+                f"  {name:16} 1 worker {row['1 worker (s)']:6.2f} s, 2 workers "
+                f"{row['2 workers (s)']:6.2f} s, speed-up {row['speed-up']:.2f}x"
+            )
+    if "resources" in results:
+        print("\nResources:")
+        for when, snap in results["resources"].items():
+            print(
+                f"  {when:20} threads {snap['threads']:3.0f}, open fds {snap['open_fds']:4.0f}, "
+                f"RSS {snap['rss_mib']:6.1f} MiB"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tests", type=int, default=500, help="tests per class (default 500)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--quick", action="store_true", help="skip parallel and resource runs")
+    options = parser.parse_args()
+    setup_test_environment()
+    setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    results: dict[str, Any] = {
+        "tests_per_class": options.tests,
+        "versions": {
+            "djasynctest": djasynctest.__version__,
+            "django": django.__version__,
+            "python": platform.python_version(),
+            "database": BACKEND,
+        },
+        "per_test": per_test_costs(options.tests, options.rounds),
+        "hops": hop_costs(2000),
+        "diagnostics": diagnostics_overhead(options.tests, options.rounds),
+    }
+    if not options.quick:
+        results["parallel"] = parallel_speedup()
+        results["resources"] = resources_after(5000)
+    print_table(results)
+    options.json.parent.mkdir(parents=True, exist_ok=True)
+    options.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nJSON: {options.json}")
+
+
+if __name__ == "__main__":
+    main()
