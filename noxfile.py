@@ -148,10 +148,3 @@ def bench(session: nox.Session) -> None:
     """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
     session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
     session.run("python", "bench/run.py", *session.posargs)
-
-
-@nox.session(python="3.13")
-def bench(session: nox.Session) -> None:
-    """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
-    session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
-    session.run("python", "bench/run.py", *session.posargs)
