@@ -7,8 +7,10 @@ import re
 import threading
 import time
 import warnings
+from typing import Any
 
 import pytest
+from django.db import connections
 
 from djasynctest import AsyncTestCase
 from djasynctest._diagnostics import BlockingWarning, PendingTaskWarning
@@ -157,3 +159,28 @@ def test_thread_left_running_is_reported() -> None:
             assert_passed(run_case(LeavesThread), 1)
     finally:
         stop.set()
+
+
+def test_connection_opened_off_the_db_thread_is_reported() -> None:
+    opened: list[Any] = []
+
+    def query() -> None:
+        Item.objects.exists()
+        opened.append(connections["default"])
+
+    class OtherThread(AsyncTestCase):
+        async def test_queries_from_a_thread(self) -> None:
+            worker = threading.Thread(target=query, name="stray-worker")
+            worker.start()
+            await asyncio.to_thread(worker.join)
+
+    try:
+        with pytest.warns(PendingTaskWarning) as caught:
+            assert_passed(run_case(OtherThread), 1)
+    finally:
+        opened[0].connection.close()  # the driver's own connection: the thread is gone
+    [warning] = caught
+    assert (
+        "database connection 'default', opened by thread 'stray-worker' outside the "
+        "test's transaction, is still open"
+    ) in str(warning.message)

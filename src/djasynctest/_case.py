@@ -67,10 +67,12 @@ from djasynctest._diagnostics import (
     LoopBlocked,
     PendingTaskWarning,
     blocking_report,
+    connections_left_open,
     leaks_report,
     new_threads,
     record_task_creation,
     watch_blocking,
+    watch_connections,
     with_timeout,
 )
 from djasynctest._loop import ClassLoop, new_runner
@@ -226,6 +228,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if opts.timeout is not None:
             self._djat_deadline = time.monotonic() + opts.timeout
         self._djat_threads_before = set(threading.enumerate())
+        watch_connections()
         self._djat_tasks_before = asyncio.all_tasks(loop)
         if opts.task_creation_stacks:
             record_task_creation(loop)
@@ -339,7 +342,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         assert self._asyncioRunner is not None
         loop = self._asyncioRunner.get_loop()
         tasks = asyncio.all_tasks(loop) - self._djat_tasks_before
-        report = leaks_report(str(self), tasks, new_threads(self._djat_threads_before))
+        report = leaks_report(
+            str(self), tasks, new_threads(self._djat_threads_before), connections_left_open()
+        )
         if report is not None:
             warnings.warn(report, PendingTaskWarning, stacklevel=1)
 

@@ -87,7 +87,12 @@ def update_db_thread_time_zone(*, setting: str, **kwargs: Any) -> None:
 
 
 def connect_receivers() -> None:
+    from django.db.backends.signals import connection_created
+
+    from djasynctest._diagnostics import on_connection_created
+
     setting_changed.connect(update_db_thread_time_zone, dispatch_uid=__name__)
+    connection_created.connect(on_connection_created, dispatch_uid=__name__)
 
 
 class OnDBThread(Generic[T]):

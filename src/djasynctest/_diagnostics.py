@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import django
 
+from djasynctest._dbthread import running_db_thread
 from djasynctest._routing import process_wide_threads
 
 __unittest = True
@@ -292,10 +293,36 @@ def _join(threads: set[threading.Thread], grace: float = 0.05) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
+# Database connections opened off the DB thread while a test runs: they are
+# outside the test's transaction, and nothing closes them.
+_foreign_connections: list[tuple[str, Any]] | None = None
+
+
+def on_connection_created(*, connection: Any, **kwargs: Any) -> None:
+    """``connection_created`` receiver: remember connections opened off the DB thread."""
+    watched = _foreign_connections
+    db = running_db_thread()
+    if watched is not None and db is not None and not db.is_current():
+        watched.append((threading.current_thread().name, connection))
+
+
+def watch_connections() -> None:
+    global _foreign_connections
+    _foreign_connections = []
+
+
+def connections_left_open() -> list[tuple[str, Any]]:
+    """The connections opened off the DB thread since ``watch_connections``, still open."""
+    global _foreign_connections
+    watched, _foreign_connections = _foreign_connections or [], None
+    return [(thread, conn) for thread, conn in watched if conn.connection is not None]
+
+
 def leaks_report(
     test: str,
     tasks: set[asyncio.Task[Any]],
     threads: set[threading.Thread],
+    connections: list[tuple[str, Any]] = (),  # type: ignore[assignment]
 ) -> str | None:
     parts = []
     for task in tasks:
@@ -307,11 +334,17 @@ def leaks_report(
         )
         parts.append(f"task {task.get_name()} ({task.get_coro()!r}) is still pending\n{made}")
     parts += [f"thread {thread.name!r} is still running\n" for thread in threads]
+    parts += [
+        f"database connection {conn.alias!r}, opened by thread {thread!r} outside the "
+        "test's transaction, is still open\n"
+        for thread, conn in connections
+    ]
     if not parts:
         return None
     return (
         f"{test} left behind:\n" + "".join(parts) + "Await or cancel the tasks a test starts, "
-        "and join its threads, before it ends: they would run on into the next test."
+        "join its threads and close their connections before it ends: they would run on "
+        "into the next test."
     )
 
 
