@@ -27,7 +27,6 @@ import contextvars
 import functools
 import inspect
 import threading
-import time
 import unittest
 import warnings
 from collections.abc import Callable, Coroutine
@@ -64,16 +63,16 @@ from djasynctest._dbtools import (
 )
 from djasynctest._diagnostics import (
     BlockingWarning,
+    Deadline,
     LoopBlocked,
+    LoopWatch,
     PendingTaskWarning,
     blocking_report,
     connections_left_open,
     leaks_report,
     new_threads,
     record_task_creation,
-    watch_blocking,
     watch_connections,
-    with_timeout,
 )
 from djasynctest._loop import ClassLoop, new_runner
 from djasynctest._routing import enter_routing, exit_routing
@@ -115,7 +114,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     task_creation_stacks: ClassVar[bool] = INHERITED
 
     _djat_options: Options
-    _djat_deadline: float
+    _djat_deadline: Deadline | None
+    _djat_watch: LoopWatch | None
     _djat_threads_before: set[threading.Thread]
     _djat_tasks_before: set[asyncio.Task[Any]]
 
@@ -139,6 +139,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_pre_setup = None
         self._djat_routing = None
         self._djat_teardown_due = False
+        self._djat_watch = None
+        if getattr(self, "_djat_deadline", None) is not None:
+            self._djat_deadline.cancel()  # type: ignore[union-attr]
+        self._djat_deadline = None
 
     # --- Entry points -------------------------------------------------------
 
@@ -226,7 +230,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_routing = self._asyncioTestContext.run(enter_routing, db_thread())
         opts = self._djat_options
         if opts.timeout is not None:
-            self._djat_deadline = time.monotonic() + opts.timeout
+            self._djat_deadline = Deadline(loop, opts.timeout, str(self))
+        if opts.blocking_threshold is not None:
+            self._djat_watch = LoopWatch(loop, opts.blocking_threshold)
         self._djat_threads_before = set(threading.enumerate())
         watch_connections()
         self._djat_tasks_before = asyncio.all_tasks(loop)
@@ -297,36 +303,43 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         return db_thread().call(self._asyncioTestContext.run, func, *args, **kwargs)
 
     def _djat_run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        # M: runs the loop until coro is done.
+        # M: runs the loop until coro is done, watched by the diagnostics.
         __tracebackhide__ = True
         runner = self._asyncioRunner
         assert runner is not None, "asyncio runner is not initialized"
-        opts = self._djat_options
-        if opts.timeout is not None:
-            remaining = max(self._djat_deadline - time.monotonic(), 0.001)
-            coro = with_timeout(coro, remaining, timeout=opts.timeout, test=str(self))
-        threshold = opts.blocking_threshold
-        if threshold is None:
-            return self._djat_run(runner, coro)
-        watch, watching = watch_blocking(runner.get_loop(), threshold)
+        watch, deadline = self._djat_watch, self._djat_deadline
+        if deadline is not None:
+            deadline.running(coro)
+        if watch is not None:
+            watch.start()
         blocks: list[tuple[float, str]] = []
         try:
-            with watching:
-                watch.start()
-                try:
-                    result = self._djat_run(runner, coro)
-                finally:
+            try:
+                result = self._djat_run(runner, coro)
+            finally:
+                if watch is not None:
                     blocks = watch.stop()
+                if deadline is not None:
+                    deadline.running(None)
+        except asyncio.CancelledError:
+            if deadline is None or deadline.report is None:
+                raise
+            raise deadline.error() from None
         except BaseException as exc:
             if blocks:
-                exc.add_note(blocking_report(str(self), blocks, threshold))
+                exc.add_note(self._djat_blocking_report(blocks))
             raise
         if blocks:
-            report = blocking_report(str(self), blocks, threshold)
-            if opts.blocking_mode == "fail":
+            report = self._djat_blocking_report(blocks)
+            if self._djat_options.blocking_mode == "fail":
                 raise LoopBlocked(report)
             warnings.warn(report, BlockingWarning, stacklevel=2)
         return result
+
+    def _djat_blocking_report(self, blocks: list[tuple[float, str]]) -> str:
+        threshold = self._djat_options.blocking_threshold
+        assert threshold is not None
+        return blocking_report(str(self), blocks, threshold)
 
     def _djat_run(self, runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
         __tracebackhide__ = True
@@ -422,7 +435,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # type: ignore[misc]
-        for name in ("_asyncioTestContext", "_asyncioRunner", "_djat_pre_setup", "_djat_routing"):
+        for name in (
+            "_asyncioTestContext",
+            "_asyncioRunner",
+            "_djat_pre_setup",
+            "_djat_routing",
+            "_djat_watch",
+            "_djat_deadline",
+        ):
             state.pop(name, None)
         return state
 

@@ -1,17 +1,16 @@
 """Diagnostics: what blocked the event loop, what a timed-out test was waiting for, what leaked.
 
 Blocking detector
-    While the loop runs a test's coroutine, a callback on the loop (the
-    heartbeat) notes the time every ``threshold / 5`` seconds. A watchdog
-    thread looks at the heartbeats; when one is older than the threshold, the
+    While the loop runs a test's code, a watchdog thread pings it every
+    ``threshold / 4`` seconds. When a ping waits longer than the threshold, the
     loop's thread is stuck in one callback, and the watchdog samples that
     thread's stack (``sys._current_frames``) at that moment: the report names
-    the line that was running, not only the callback. When the loop comes back,
-    the heartbeat measures how long it was held.
+    the line that was running, not only the callback. A test shorter than a
+    ping interval costs two set operations.
 
 Timeout
-    A timer on the loop; when it fires, it formats the stack of every pending
-    task, then cancels the test's task.
+    One timer on the test's loop; when it fires, it formats the stack of every
+    pending task, then cancels the test's task.
 
 Leaks
     Tasks a test left pending, and threads it started and left running, are
@@ -30,7 +29,7 @@ import time
 import traceback
 import unittest
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -93,83 +92,83 @@ for _public in (BlockingWarning, LoopBlocked, TestTimeout, PendingTaskWarning):
 # --- Blocking detector ------------------------------------------------------------
 
 
-class _Watch:
-    """One loop's heartbeat, shared between the loop's thread and the watchdog."""
+class LoopWatch:
+    """Blocking detection for one test's loop: shared by its thread and the watchdog.
+
+    While the loop runs the test's code (``running``), the watchdog pings it
+    every ``threshold / 4`` seconds with ``call_soon_threadsafe``. A ping that
+    has waited longer than ``threshold`` means one callback holds the loop: the
+    watchdog samples the loop thread's stack then. When the pong comes, the
+    time it waited is how long the loop was held (at least).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float) -> None:
         self.loop = loop
         self.threshold = threshold
-        # How often the heartbeat runs: a blocked loop is measured to within it.
-        self.interval = threshold / 5
         self.thread_id = threading.get_ident()
-        self.beat = time.monotonic()
+        self.ping: float | None = None  # when the unanswered ping was sent
         self.sample: str | None = None  # the stack while blocked, set by the watchdog
         self.blocks: list[tuple[float, str]] = []
-        self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self.beat = time.monotonic()
-        self._handle = self.loop.call_later(self.interval, self._on_beat)
-
-    def _on_beat(self) -> None:
-        # The loop's thread: the loop is free again.
-        self._record(time.monotonic())
-        self._handle = self.loop.call_later(self.interval, self._on_beat)
-
-    def _record(self, now: float) -> None:
-        held = now - self.beat - self.interval
-        if self.sample is not None and held > self.threshold:
-            self.blocks.append((held, self.sample))
+        # The loop's thread, before it runs the loop.
+        self.ping = None
         self.sample = None
-        self.beat = now
+        _get_watchdog().watches.add(self)
 
     def stop(self) -> list[tuple[float, str]]:
-        if self._handle is not None:
-            self._handle.cancel()
-        held = time.monotonic() - self.beat
-        if self.sample is not None and held > self.threshold:
-            # Blocked until the test's coroutine ended.
-            self.blocks.append((held, self.sample))
-        self.sample = None
-        return self.blocks
+        # The loop's thread, when the loop has stopped: a ping still waiting
+        # means the loop was held until the test's code ended.
+        _get_watchdog().watches.discard(self)
+        if self.ping is not None and self.sample is not None:
+            self.blocks.append((time.monotonic() - self.ping, self.sample))
+        self.ping = None
+        blocks, self.blocks = self.blocks, []
+        return blocks
+
+    def pong(self, sent: float) -> None:
+        # The loop's thread: the loop is free again.
+        if sent != self.ping:
+            return  # a ping from an earlier run of the loop
+        if self.sample is not None:
+            self.blocks.append((time.monotonic() - sent, self.sample))
+            self.sample = None
+        self.ping = None
 
 
 class _Watchdog:
-    """One thread per process, awake only while some loop is watched."""
+    """One thread per process; it sleeps while no loop is watched."""
 
     def __init__(self) -> None:
-        self._watches: set[_Watch] = set()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._pid = os.getpid()
+        self.watches: set[LoopWatch] = set()
+        self.wake = threading.Event()
+        self.pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="djasynctest-watchdog", daemon=True)
         self._thread.start()
 
-    @contextlib.contextmanager
-    def watching(self, watch: _Watch) -> Iterator[None]:
-        with self._lock:
-            self._watches.add(watch)
-        self._wake.set()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._watches.discard(watch)
-
     def _run(self) -> None:
+        idle_since = time.monotonic()
         while True:
-            with self._lock:
-                watches = list(self._watches)
-            if not watches:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            time.sleep(min(watch.threshold for watch in watches) / 4)
+            watches = list(self.watches)
             now = time.monotonic()
+            if not watches:
+                if now - idle_since > 1:
+                    self.wake.wait()  # get_watchdog() wakes it
+                    self.wake.clear()
+                    idle_since = time.monotonic()
+                else:
+                    time.sleep(0.02)
+                continue
+            idle_since = now
             for watch in watches:
-                if watch.sample is None and now - watch.beat > watch.threshold:
+                if watch.ping is None:
+                    watch.ping = now
+                    with contextlib.suppress(RuntimeError):  # the loop just closed
+                        watch.loop.call_soon_threadsafe(watch.pong, now)
+                elif watch.sample is None and now - watch.ping > watch.threshold:
                     frame = sys._current_frames().get(watch.thread_id)
                     watch.sample = user_stack(frame)
+            time.sleep(min(watch.threshold for watch in watches) / 4)
 
 
 _watchdog: _Watchdog | None = None
@@ -177,8 +176,10 @@ _watchdog: _Watchdog | None = None
 
 def _get_watchdog() -> _Watchdog:
     global _watchdog
-    if _watchdog is None or _watchdog._pid != os.getpid():
+    if _watchdog is None or _watchdog.pid != os.getpid():
         _watchdog = _Watchdog()
+    if not _watchdog.wake.is_set():
+        _watchdog.wake.set()
     return _watchdog
 
 
@@ -221,33 +222,41 @@ def tasks_report(loop: asyncio.AbstractEventLoop, test_task: asyncio.Task[Any]) 
     return "".join(parts)
 
 
-async def with_timeout(
-    coro: Coroutine[Any, Any, T], seconds: float, *, timeout: float, test: str
-) -> T:
-    """Run ``coro``; after ``seconds`` (what is left of ``timeout``), fail with all stacks."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    report: list[str] = []
+class Deadline:
+    """A test's timeout: one timer on its loop, for all of the test's async code."""
 
-    def expire() -> None:
-        report.append(tasks_report(loop, task))
-        task.cancel()
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, test: str) -> None:
+        self.timeout = timeout
+        self.test = test
+        self.report: str | None = None
+        self._running: Coroutine[Any, Any, Any] | None = None
+        self._handle = loop.call_later(timeout, self._expire, loop)
 
-    handle = loop.call_later(seconds, expire)
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        if not report:
-            raise
-        task.uncancel()
-        msg = (
-            f"{test} did not finish within its timeout of {timeout:g} s. Pending tasks when "
-            f"it expired:\n{report[0]}Raise the test's timeout, or find what it waits for above."
+    def running(self, coro: Coroutine[Any, Any, Any] | None) -> None:
+        """The coroutine the loop runs now (the test's task), or None."""
+        self._running = coro
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop's thread, while it runs the test's code: report every
+        # pending task, then cancel the test's.
+        test_task = next(
+            (task for task in asyncio.all_tasks(loop) if task.get_coro() is self._running), None
         )
-        raise TestTimeout(msg) from None
-    finally:
-        handle.cancel()
+        if test_task is None:
+            return
+        self.report = tasks_report(loop, test_task)
+        test_task.cancel()
+
+    def error(self) -> TestTimeout:
+        msg = (
+            f"{self.test} did not finish within its timeout of {self.timeout:g} s. Pending "
+            f"tasks when it expired:\n{self.report}Raise the test's timeout, or find what it "
+            "waits for above."
+        )
+        return TestTimeout(msg)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 # --- Leaks ------------------------------------------------------------------------
@@ -346,8 +355,3 @@ def leaks_report(
         "join its threads and close their connections before it ends: they would run on "
         "into the next test."
     )
-
-
-def watch_blocking(loop: asyncio.AbstractEventLoop, threshold: float) -> tuple[_Watch, Any]:
-    watch = _Watch(loop, threshold)
-    return watch, _get_watchdog().watching(watch)
