@@ -107,8 +107,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     blocking_threshold: ClassVar[float | None] = INHERITED
     #: ``"fail"`` (default): a blocked loop fails the test; ``"warn"``: a :class:`BlockingWarning`.
     blocking_mode: ClassVar[BlockingMode] = INHERITED
-    #: Seconds each test may run (hooks included) before it fails with the stack of every
-    #: pending task; ``None`` (default): no limit.
+    #: Seconds the async code of each test (its async hooks included) may run before the
+    #: test fails with the stack of every pending task; ``None`` (default): no limit.
     timeout: ClassVar[float | None] = INHERITED
     #: Record where each task is created, to show it when a test leaves one pending (slow).
     task_creation_stacks: ClassVar[bool] = INHERITED
