@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import threading
 import time
 import warnings
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -184,3 +186,25 @@ def test_connection_opened_off_the_db_thread_is_reported() -> None:
         "database connection 'default', opened by thread 'stray-worker' outside the "
         "test's transaction, is still open"
     ) in str(warning.message)
+
+
+def test_unfinished_async_generator_is_not_reported() -> None:
+    """asyncio closes an async generator that was dropped half-way; that task is not a leak."""
+
+    async def stream() -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            await asyncio.sleep(0)
+
+    class Streams(AsyncTestCase):
+        async def test_reads_one_item(self) -> None:
+            items = stream()
+            self.assertEqual(await anext(items), 1)
+            del items
+            gc.collect()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_passed(run_case(Streams), 1)

@@ -74,6 +74,7 @@ class OrderEventsTests(AsyncTestCase):
         response = await self.async_client.get("/orders/events/?limit=2")
         self.assertEqual(response["Content-Type"], "text/event-stream")
         events = aiter(response.streaming_content)
+        self.addAsyncCleanup(events.aclose)  # as a server closes a stream it stops reading
         self.assertEqual(_event(await anext(events)), {"orders": 0})
         await Order.objects.acreate(item=item, user=user)
         self.assertEqual(_event(await anext(events)), {"orders": 1})
