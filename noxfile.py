@@ -148,3 +148,10 @@ def bench(session: nox.Session) -> None:
     """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
     session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python="3.13")
+def typing(session: nox.Session) -> None:
+    """mypy --strict with django-stubs, on the library and on typical users' code."""
+    session.install(DJANGOS["6.1"], "-e", ".", "mypy>=1.13", "django-stubs>=5.2")
+    session.run("mypy", "src", "tests/typed_usage.py")

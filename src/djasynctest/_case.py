@@ -31,7 +31,7 @@ import unittest
 import warnings
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from asgiref.sync import ThreadSensitiveContext
 from django.core.exceptions import SynchronousOnlyOperation
@@ -96,7 +96,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     """
 
     #: Called with no arguments to make the event loop (e.g. ``uvloop.new_event_loop``).
-    loop_factory: ClassVar[Callable[[], asyncio.AbstractEventLoop] | None] = None
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     #: ``"test"``: a new event loop for each test; ``"class"``: one for the whole class,
     #: with :meth:`asyncSetUpClass` and :meth:`asyncTearDownClass`.
     loop_scope: ClassVar[LoopScope] = INHERITED
@@ -113,6 +113,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     #: Record where each task is created, to show it when a test leaves one pending (slow).
     task_creation_stacks: ClassVar[bool] = INHERITED
 
+    _asyncioRunner: asyncio.Runner | None
+    _asyncioTestContext: contextvars.Context
     _djat_options: Options
     _djat_deadline: Deadline | None
     _djat_watch: LoopWatch | None
@@ -146,7 +148,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     # --- Entry points -------------------------------------------------------
 
-    def __call__(self, result: unittest.TestResult | None = None) -> Any:  # type: ignore[override]
+    def __call__(self, result: unittest.TestResult | None = None) -> Any:
         # Django's __call__ wraps async tests in async_to_sync and runs
         # _pre_setup on the calling thread; run() does both our way.
         return self.run(result)
@@ -369,7 +371,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     # --- Django's tools, on the DB thread's connections ---------------------
 
-    def assertNumQueries(  # type: ignore[override]
+    def assertNumQueries(
         self,
         num: int,
         func: Callable[..., Any] | None = None,
@@ -389,7 +391,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         return call_inside(context, func, *args, **kwargs)
 
     @classmethod
-    def captureOnCommitCallbacks(  # type: ignore[override]
+    def captureOnCommitCallbacks(
         cls, *, using: str = DEFAULT_DB_ALIAS, execute: bool = False
     ) -> OnDBThread[list[Callable[[], Any]]]:
         """Django's ``captureOnCommitCallbacks``, for ``with`` and ``async with``.
@@ -412,7 +414,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         """Django's ``self.modify_settings(...)``, also usable as ``async with``."""
         return AsyncModifySettings(**kwargs)
 
-    def assertQuerySetEqual(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def assertQuerySetEqual(self, *args: Any, **kwargs: Any) -> None:
         """Django's ``assertQuerySetEqual``; from async code, querysets run on the DB thread."""
         check = functools.partial(super().assertQuerySetEqual, *args, **kwargs)  # type: ignore[misc]
         if loop_running():
@@ -422,10 +424,11 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def assertRedirects(self, response: Any, *args: Any, **kwargs: Any) -> None:
         """Django's ``assertRedirects``, also for ``AsyncClient`` responses."""
-        check = functools.partial(super().assertRedirects, response, *args, **kwargs)
+        check = functools.partial(super().assertRedirects, response, *args, **kwargs)  # type: ignore[misc]
         client = getattr(response, "client", None)
         if client is None or not inspect.iscoroutinefunction(client.get):
-            return check()
+            check()
+            return None
 
         def check_with_sync_client() -> None:
             # D: Django fetches the target through response.client.get().
@@ -440,7 +443,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     # --- Pickling (parallel runners send test instances to workers) ---------
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__())  # type: ignore[misc]
+        # Django's SimpleTestCase.__getstate__ (which may be the live __dict__).
+        state: dict[str, Any] = dict(cast("dict[str, Any]", super().__getstate__()))
         for name in (
             "_asyncioTestContext",
             "_asyncioRunner",

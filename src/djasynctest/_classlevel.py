@@ -233,4 +233,4 @@ def make_async_set_up_test_data_callable(cls: type) -> None:
     attr = cls.__dict__.get("setUpTestData")
     func = getattr(attr, "__func__", attr)
     if isinstance(attr, classmethod) and inspect.iscoroutinefunction(func):
-        cls.setUpTestData = _AsyncSetUpTestData(func)
+        cls.setUpTestData = _AsyncSetUpTestData(func)  # type: ignore[attr-defined]

@@ -92,7 +92,7 @@ def options(cls: type) -> Options:
             f"the keys are {sorted(key for key, _ in OPTIONS.values())}."
         )
         raise TypeError(msg)
-    values = {}
+    values: dict[str, Any] = {}
     for name, (key, default) in OPTIONS.items():
         value = getattr(cls, name, _UNSET)
         if value is _UNSET or value is INHERITED:

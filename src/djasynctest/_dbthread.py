@@ -52,9 +52,7 @@ class DBThread(Executor):
         """Whether the calling code runs on this thread."""
         return threading.current_thread() is self.thread
 
-    def submit(  # type: ignore[override]
-        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Queue ``fn``; from a running event loop, the result is an ``asyncio.Future``.
 
         ``loop.run_in_executor`` (which asgiref's ``sync_to_async`` uses) takes

@@ -59,7 +59,7 @@ class AsyncOverrideSettings(override_settings):
     async def __aenter__(self) -> Any:
         return self.__enter__()
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         self.__exit__(*exc_info)
 
 
@@ -69,7 +69,7 @@ class AsyncModifySettings(modify_settings):
     async def __aenter__(self) -> Any:
         return self.__enter__()
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         self.__exit__(*exc_info)
 
 

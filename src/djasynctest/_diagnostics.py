@@ -272,7 +272,7 @@ def record_task_creation(loop: asyncio.AbstractEventLoop) -> None:
         _creation_stacks[task] = user_stack(sys._getframe(1))
         return task
 
-    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    loop.set_task_factory(factory)
 
 
 def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:

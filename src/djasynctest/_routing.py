@@ -47,13 +47,13 @@ def enter_routing(executor: Executor) -> ThreadSensitiveContext:
     executor never suspends, so it needs no event loop.
     """
     routing = ThreadSensitiveContext(executor=executor)
-    _finish_now(routing.__aenter__())
+    _finish_now(routing.__aenter__())  # type: ignore[no-untyped-call]
     return routing
 
 
 def exit_routing(routing: ThreadSensitiveContext) -> None:
     """Undo ``enter_routing``, in the same context."""
-    _finish_now(routing.__aexit__(None, None, None))
+    _finish_now(routing.__aexit__(None, None, None))  # type: ignore[no-untyped-call]
 
 
 def _finish_now(coro: Coroutine[Any, Any, Any]) -> Any:
