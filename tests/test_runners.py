@@ -23,6 +23,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         if not key.startswith(("PYTEST_", "DJANGO_")) and key != "PYTHONPATH"
     }
     env["DJANGO_SETTINGS_MODULE"] = "tests.runnerproject.settings"
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.pathsep.join([os.environ["PYTHONPATH"], str(ROOT)])
     return subprocess.run(
         [sys.executable, "-W", "error", *args],
         cwd=ROOT,
@@ -54,7 +56,9 @@ def test_unittest_discover_sets_up_django_and_databases() -> None:
     ids=["plain", "parallel", "shuffle", "reverse"],
 )
 def test_manage_py_test(flags: tuple[str, ...]) -> None:
-    process = run(str(PROJECT / "manage.py"), "test", "tests.runnerproject.cases", *flags)
+    process = run(
+        str(PROJECT / "manage.py"), "test", "--noinput", "tests.runnerproject.cases", *flags
+    )
     assert_unittest_ok(process, EXPECTED_TESTS)
 
 
@@ -73,6 +77,7 @@ def test_parallel_workers_really_run_in_parallel() -> None:
     process = run(
         str(PROJECT / "manage.py"),
         "test",
+        "--noinput",
         "tests.runnerproject.cases",
         "--parallel",
         "2",
@@ -82,3 +87,92 @@ def test_parallel_workers_really_run_in_parallel() -> None:
     assert_unittest_ok(process, EXPECTED_TESTS)
     assert "Using shuffle seed" not in process.stderr
     assert re.search(r"Cloning test database for alias 'default'", process.stderr), process.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "count"),
+    [
+        (("--debug-sql",), EXPECTED_TESTS),
+        (("--buffer",), EXPECTED_TESTS),
+        (("--failfast",), EXPECTED_TESTS),
+        (("--timing",), EXPECTED_TESTS),
+        (("--debug-mode",), EXPECTED_TESTS),
+        (("--keepdb",), EXPECTED_TESTS),
+        (("-k", "test_items"), 1),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else str(value),
+)
+def test_manage_py_test_flags(flags: tuple[str, ...], count: int) -> None:
+    process = run(
+        str(PROJECT / "manage.py"), "test", "--noinput", "tests.runnerproject.cases", *flags
+    )
+    assert_unittest_ok(process, count)
+    if "--keepdb" in flags:
+        again = run(
+            str(PROJECT / "manage.py"), "test", "--noinput", "tests.runnerproject.cases", *flags
+        )
+        assert_unittest_ok(again, count)
+        assert "Using existing test database" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "count"),
+    [(("-k", "test_items"), 1), (("-f",), EXPECTED_TESTS), (("-b",), EXPECTED_TESTS)],
+    ids=["-k", "-f", "-b"],
+)
+def test_unittest_flags(flags: tuple[str, ...], count: int) -> None:
+    process = run(
+        "-m", "unittest", "discover", "-s", "tests/runnerproject/cases", "-t", ".", *flags
+    )
+    assert_unittest_ok(process, count)
+
+
+@pytest.mark.parametrize(
+    ("flags", "count"),
+    [
+        (("-k", "test_items"), 1),
+        (("-x",), EXPECTED_TESTS),
+        (("--create-db",), EXPECTED_TESTS),
+        (("--reuse-db",), EXPECTED_TESTS),
+    ],
+    ids=["-k", "-x", "--create-db", "--reuse-db"],
+)
+def test_pytest_flags(flags: tuple[str, ...], count: int) -> None:
+    process = run(
+        "-m", "pytest", "tests/runnerproject/cases", "-p", "no:cacheprovider", "-q", *flags
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output
+    assert re.search(rf"^{count} passed", output, re.MULTILINE), output
+
+
+def test_failing_test_is_reported_the_same_by_every_runner(tmp_path: Path) -> None:
+    """A failure inside an async test: unittest's exit code and summary, pytest's."""
+    package = tmp_path / "failing"
+    package.mkdir()
+    (package / "__init__.py").write_text("import djasynctest  # noqa: F401\n")
+    (package / "test_fails.py").write_text(
+        "from djasynctest import AsyncTestCase\n"
+        "from tests.testapp.models import Item\n\n\n"
+        "class Fails(AsyncTestCase):\n"
+        "    async def test_fails(self):\n"
+        "        await Item.objects.acreate(name='x')\n"
+        "        self.assertEqual(await Item.objects.acount(), 2)\n\n"
+        "    async def test_passes(self):\n"
+        "        self.assertEqual(await Item.objects.acount(), 0)\n"
+    )
+    os.environ["PYTHONPATH"] = str(tmp_path)
+    try:
+        unit = run("-m", "unittest", "discover", "-s", str(package), "-t", str(tmp_path))
+        manage = run(str(PROJECT / "manage.py"), "test", "--noinput", "failing")
+        pytest_run = run("-m", "pytest", str(package), "-p", "no:cacheprovider", "-q")
+    finally:
+        del os.environ["PYTHONPATH"]
+    for process in (unit, manage):
+        output = process.stdout + process.stderr
+        assert process.returncode == 1, output
+        assert re.search(r"^FAILED \(failures=1\)$", output, re.MULTILINE), output
+        assert "AssertionError: 1 != 2" in output
+    output = pytest_run.stdout + pytest_run.stderr
+    assert pytest_run.returncode == 1, output
+    assert re.search(r"^1 failed, 1 passed", output, re.MULTILINE), output
