@@ -102,6 +102,24 @@ def test_async_set_up_class_is_a_type_error() -> None:
     )
 
 
+def _sync_instance_method(self: object) -> None:
+    pass
+
+
+async def _async_instance_method(self: object) -> None:
+    pass
+
+
+@pytest.mark.parametrize("method", [_sync_instance_method, _async_instance_method])
+def test_set_up_test_data_must_be_a_classmethod(method: object) -> None:
+    with pytest.raises(TypeError) as info:
+        type("Forgot", (AsyncTestCase,), {"__module__": __name__, "setUpTestData": method})
+    assert str(info.value) == (
+        "tests.test_case.Forgot.setUpTestData must be a classmethod: Django calls it once for "
+        "the class. Add @classmethod above it, and name its first argument cls."
+    )
+
+
 def _recording_case(*bases: type) -> type[unittest.TestCase]:
     """A case that records each hook with the thread it ran on, all async."""
 

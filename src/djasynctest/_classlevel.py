@@ -231,6 +231,13 @@ class _AsyncSetUpTestData:
 
 def make_async_set_up_test_data_callable(cls: type) -> None:
     attr = cls.__dict__.get("setUpTestData")
+    if attr is not None and not isinstance(attr, classmethod | _AsyncSetUpTestData):
+        msg = (
+            f"{cls.__module__}.{cls.__qualname__}.setUpTestData must be a classmethod: "
+            f"Django calls it once for the class. Add @classmethod above it, and name its "
+            f"first argument cls."
+        )
+        raise TypeError(msg)
     func = getattr(attr, "__func__", attr)
     if isinstance(attr, classmethod) and inspect.iscoroutinefunction(func):
         cls.setUpTestData = _AsyncSetUpTestData(func)  # type: ignore[attr-defined]
