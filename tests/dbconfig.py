@@ -17,6 +17,9 @@ ALIASES = ("default", "other")
 
 
 def databases(prefix: str) -> dict[str, dict[str, Any]]:
+    # Processes that run at the same time (pytest-xdist workers and the runs
+    # they start) must not share a database name.
+    prefix += os.environ.get("DJASYNCTEST_NAME_SUFFIX", "")
     if BACKEND == "postgres":
         return {
             alias: {

@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.dbconfig import BACKEND
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT / "tests" / "runnerproject"
 EXPECTED_TESTS = 106  # tests/runnerproject/cases/test_orders.py
+
+# Runner flags do not depend on the database: test them once, on SQLite in memory.
+flags_once = pytest.mark.skipif(
+    BACKEND != "sqlite", reason="runner flags are tested on SQLite in memory"
+)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -23,6 +30,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         if not key.startswith(("PYTEST_", "DJANGO_")) and key != "PYTHONPATH"
     }
     env["DJANGO_SETTINGS_MODULE"] = "tests.runnerproject.settings"
+    env["DJASYNCTEST_NAME_SUFFIX"] = "_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.pathsep.join([os.environ["PYTHONPATH"], str(ROOT)])
     return subprocess.run(
@@ -89,6 +97,7 @@ def test_parallel_workers_really_run_in_parallel() -> None:
     assert re.search(r"Cloning test database for alias 'default'", process.stderr), process.stderr
 
 
+@flags_once
 @pytest.mark.parametrize(
     ("flags", "count"),
     [
@@ -115,6 +124,7 @@ def test_manage_py_test_flags(flags: tuple[str, ...], count: int) -> None:
         assert "Using existing test database" in again.stderr
 
 
+@flags_once
 @pytest.mark.parametrize(
     ("flags", "count"),
     [(("-k", "test_items"), 1), (("-f",), EXPECTED_TESTS), (("-b",), EXPECTED_TESTS)],
@@ -127,6 +137,7 @@ def test_unittest_flags(flags: tuple[str, ...], count: int) -> None:
     assert_unittest_ok(process, count)
 
 
+@flags_once
 @pytest.mark.parametrize(
     ("flags", "count"),
     [
@@ -146,6 +157,7 @@ def test_pytest_flags(flags: tuple[str, ...], count: int) -> None:
     assert re.search(rf"^{count} passed", output, re.MULTILINE), output
 
 
+@flags_once
 def test_failing_test_is_reported_the_same_by_every_runner(tmp_path: Path) -> None:
     """A failure inside an async test: unittest's exit code and summary, pytest's."""
     package = tmp_path / "failing"
