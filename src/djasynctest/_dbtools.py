@@ -53,24 +53,22 @@ class SyncClient:
         self.get = async_to_sync(client.get)
 
 
-class AsyncOverrideSettings(override_settings):
+class _AsyncWith:
+    """``async with`` for a settings override: it changes settings, which never waits."""
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()  # type: ignore[attr-defined]
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)  # type: ignore[attr-defined]
+
+
+class AsyncOverrideSettings(_AsyncWith, override_settings):
     """``override_settings`` that also works as ``async with``."""
 
-    async def __aenter__(self) -> Any:
-        return self.__enter__()
 
-    async def __aexit__(self, *exc_info: Any) -> None:
-        self.__exit__(*exc_info)
-
-
-class AsyncModifySettings(modify_settings):
+class AsyncModifySettings(_AsyncWith, modify_settings):
     """``modify_settings`` that also works as ``async with``."""
-
-    async def __aenter__(self) -> Any:
-        return self.__enter__()
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        self.__exit__(*exc_info)
 
 
 def update_db_thread_time_zone(*, setting: str, **kwargs: Any) -> None:
