@@ -12,7 +12,6 @@ with its ORM calls sent back to D.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
@@ -25,7 +24,7 @@ from django.test import SimpleTestCase
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
-from djasynctest._dbtools import connect_receivers
+from djasynctest._dbtools import connect_receivers, loop_running
 from djasynctest._loop import ClassLoop, new_runner
 from djasynctest._routing import enter_routing, exit_routing
 
@@ -220,11 +219,9 @@ class _AsyncSetUpTestData:
 
         @functools.wraps(func)
         def setUpTestData(*args: Any, **kwargs: Any) -> Any:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                return async_to_sync(func)(owner, *args, **kwargs)
-            return func(owner, *args, **kwargs)
+            if loop_running():
+                return func(owner, *args, **kwargs)
+            return async_to_sync(func)(owner, *args, **kwargs)
 
         return setUpTestData
 
