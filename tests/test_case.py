@@ -12,6 +12,7 @@ import django.test
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.contrib.auth.models import User
+from django.core import mail
 from django.core.exceptions import SynchronousOnlyOperation
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -24,6 +25,7 @@ from djasynctest import (
     AsyncTransactionTestCase,
 )
 from djasynctest._case import SYNC_ORM_HINT
+from djasynctest._dbthread import db_thread
 from tests.testapp.models import Item, Order
 from tests.utils import assert_passed, leftover_rows, problems, run_case, thread
 
@@ -164,6 +166,11 @@ def _recording_case(*bases: type) -> type[unittest.TestCase]:
         def cleanup_sync(self) -> None:
             self.events.append(("cleanup_sync", thread()))
 
+        @classmethod
+        def _pre_setup(cls) -> None:
+            cls.events.append(("pre_setup", thread()))
+            super()._pre_setup()
+
         def _post_teardown(self) -> None:
             self.events.append(("rollback", thread()))
             super()._post_teardown()
@@ -203,8 +210,11 @@ def test_hooks_run_in_order_on_their_threads(bases: tuple[type, ...]) -> None:
     assert_passed(result, 2)
     expected = [("setUpClass", "db"), ("setUpTestData", "main")]
     for name, where in (("test", "main"), ("test_sync", "db")):
+        expected.append(("pre_setup", "db"))
         expected += [(name, where) if step == "test" else step for step in PER_TEST]
-    expected.append(("tearDownClass", "db"))
+    # Each rollback is followed by the next test's per-test setup, in the same
+    # turn of the DB thread; after the last test, that one is undone.
+    expected += [("pre_setup", "db"), ("rollback", "db"), ("tearDownClass", "db")]
     assert case.events == expected  # type: ignore[attr-defined]
     assert leftover_rows() == {"items": [], "orders": 0}
 
@@ -463,6 +473,55 @@ def test_hundred_async_tests_in_a_row_are_isolated() -> None:
     Many = type("Many", (AsyncTestCase,), {"__module__": __name__, **methods})
     assert_passed(run_case(Many), 100)
     assert counts == [1] * 100
+
+
+def _db_thread_in_transaction() -> bool:
+    return db_thread().call(lambda: any(c.in_atomic_block for c in connections.all()))
+
+
+@pytest.mark.parametrize("base", [AsyncTestCase, AsyncSimpleTestCase])
+def test_each_test_is_set_up_once_and_nothing_stays_open(base: type) -> None:
+    # The DB thread sets the next test up right after a rollback; a skipped
+    # test, the end of the class or a test run on its own must not leave that
+    # setup (a per-test transaction) behind.
+    set_ups: list[str] = []
+
+    class Sequence(base):  # type: ignore[valid-type,misc]
+        databases = {"default"} if base is AsyncTestCase else set()
+
+        @classmethod
+        def _pre_setup(cls) -> None:
+            set_ups.append("pre_setup")
+            super()._pre_setup()
+
+        def _post_teardown(self) -> None:
+            set_ups.append("post_teardown")
+            super()._post_teardown()
+
+        async def test_1(self) -> None:
+            mail.send_mail("one", "body", "from@example.com", ["to@example.com"])
+            self.client.cookies["seen"] = "1"
+
+        @unittest.skip("skipped on purpose")
+        async def test_2_skipped(self) -> None:
+            raise AssertionError("unreachable")
+
+        async def test_3(self) -> None:
+            self.assertEqual(mail.outbox, [])
+            self.assertNotIn("seen", self.client.cookies)
+
+        @unittest.skip("skipped on purpose")
+        async def test_4_skipped(self) -> None:
+            raise AssertionError("unreachable")
+
+    result = run_case(Sequence)
+    assert_passed(result, 4, skipped=2)
+    assert set_ups.count("pre_setup") == set_ups.count("post_teardown")
+    assert not _db_thread_in_transaction()
+    set_ups.clear()
+    Sequence("test_1").debug()
+    assert set_ups == ["pre_setup", "post_teardown"]
+    assert not _db_thread_in_transaction()
 
 
 @pytest.mark.skipif(

@@ -9,6 +9,8 @@ process's DB thread, which owns every database connection):
    mail outbox, per-test atomics) to D, then builds the event loop while D
    works; ``_callSetUp`` (M) waits for it and registers ``_post_teardown``
    (rollback) as the first cleanup, so that it runs after every other one.
+   Within a class, D queues the next test's ``_pre_setup`` right after each
+   rollback, so M no longer waits for it (see ``queue_next_pre_setup``).
 3. Each hook, the test and each cleanup runs where it belongs: coroutine
    functions on the loop (M), in the test's ``contextvars.Context``; plain
    functions on D, in that same context. The loop runs only while async code
@@ -42,7 +44,9 @@ from djasynctest._classlevel import (
     CLASS_HOOKS,
     check_bases,
     make_async_set_up_test_data_callable,
+    queue_next_pre_setup,
     run_class_hook_on_db_thread,
+    take_next_pre_setup,
 )
 from djasynctest._conf import (
     INHERITED,
@@ -198,7 +202,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         assert self._asyncioRunner is None, "asyncio runner is already initialized"
         cls = type(self)
         if not _is_skipped(self):
-            self._djat_pre_setup = db_thread().submit(self._djat_run_pre_setup)
+            self._djat_pre_setup = take_next_pre_setup(cls) or db_thread().submit(
+                self._djat_run_pre_setup
+            )
         opts = self._djat_options = cls.__dict__.get("_djat_options") or options(cls)
         class_loop: ClassLoop | None = cls.__dict__.get("_djat_class_loop")
         if class_loop is not None:
@@ -206,6 +212,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._asyncioTestContext = class_loop.context.copy()
             return
         self._asyncioRunner = new_runner(debug=opts.loop_debug, loop_factory=self.loop_factory)
+        self._asyncioRunner.get_loop()  # makes the loop now, while D works
 
     def _djat_run_pre_setup(self) -> None:
         # D.
@@ -219,6 +226,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         # D, as the last cleanup.
         self._djat_teardown_due = False
         self._post_teardown()  # type: ignore[attr-defined]
+        queue_next_pre_setup(self)
 
     def _callSetUp(self) -> None:
         # M.

@@ -15,11 +15,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections
-from django.test import SimpleTestCase
+from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
@@ -119,18 +120,21 @@ def _set_up_class(
     call = _on_db_thread_from_loop(db, set_up, klass, *args, **kwargs)
     if opts.loop_scope == "test":
         with new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory) as runner:
-            return runner.run(call)
-    loop = klass._djat_class_loop = ClassLoop(
-        db, debug=opts.loop_debug, loop_factory=klass.loop_factory
-    )
-    result = loop.run(call)
-    try:
-        loop.run(klass.asyncSetUpClass())
-    except BaseException:
-        # unittest calls no tearDownClass after a failed setUpClass: undo the
-        # class set-up (Django's atomics) here, on D.
-        db.call(klass.tearDownClass)
-        raise
+            result = runner.run(call)
+    else:
+        loop = klass._djat_class_loop = ClassLoop(
+            db, debug=opts.loop_debug, loop_factory=klass.loop_factory
+        )
+        result = loop.run(call)
+        try:
+            loop.run(klass.asyncSetUpClass())
+        except BaseException:
+            # unittest calls no tearDownClass after a failed setUpClass: undo the
+            # class set-up (Django's atomics) here, on D.
+            db.call(klass.tearDownClass)
+            raise
+    # Until tearDownClass, a test's rollback may set the next test up.
+    klass._djat_set_up = True
     return result
 
 
@@ -140,12 +144,55 @@ def _tear_down_class(
     # M.
     __tracebackhide__ = True
     loop = klass.__dict__.get("_djat_class_loop")
+    if "_djat_set_up" in klass.__dict__:
+        del klass._djat_set_up
+    unused = take_next_pre_setup(klass)
     try:
         if loop is not None:
             loop.run(klass.asyncTearDownClass())
     finally:
+        db.call(_undo_unused_pre_setup, unused)
         result = db.call(func, klass, *args, **kwargs)
     return result
+
+
+def queue_next_pre_setup(case: Any) -> None:
+    """D, right after a test's rollback: queue the next test's per-test setup.
+
+    The test's thread (M) waits for the rollback, but no longer for the next
+    test's setup: D does it while M closes one event loop and makes the next.
+    It is only done where undoing it is cheap (``TestCase`` on databases with
+    savepoints: a savepoint; ``SimpleTestCase``: nothing), because when no test
+    of the class follows, ``tearDownClass`` undoes it.
+    """
+    cls: Any = type(case)
+    if not cls.__dict__.get("_djat_set_up"):
+        return  # a test run on its own, outside setUpClass/tearDownClass
+    if issubclass(cls, TestCase):
+        if not (cls._databases_support_transactions() and cls._databases_support_savepoints()):
+            return
+    elif issubclass(cls, TransactionTestCase):
+        return
+
+    def pre_setup() -> Any:
+        case._pre_setup()
+        return case
+
+    cls._djat_next_pre_setup = db_thread().submit(pre_setup)
+
+
+def take_next_pre_setup(klass: Any) -> Future[Any] | None:
+    """M: the per-test setup queued for the next test of ``klass``, if any; it is now taken."""
+    pending: Future[Any] | None = klass.__dict__.get("_djat_next_pre_setup")
+    if pending is not None:
+        del klass._djat_next_pre_setup
+    return pending
+
+
+def _undo_unused_pre_setup(pending: Future[Any] | None) -> None:
+    # D, before tearDownClass: D ran the queued setup before this job.
+    if pending is not None and pending.exception() is None:
+        pending.result()._post_teardown()
 
 
 def _close_class_loop(klass: Any) -> None:
