@@ -1,4 +1,6 @@
-"""Test sessions. ``nox -s tests`` runs the whole matrix that this machine can run.
+"""Test sessions. ``nox -t ci`` runs what CI runs (the test suite on a slice of the
+matrix, conformance, lint, typing, docs); ``nox -s tests`` runs the whole matrix that
+this machine can run.
 
 Pythons come from PATH; under pyenv, every installed 3.11+ version is made
 visible. A Python that is not found, or PostgreSQL that is not reachable, skips
@@ -22,14 +24,28 @@ nox.options.sessions = ["tests"]
 
 PYTHONS = ["3.11", "3.12", "3.13", "3.14"]
 DJANGOS = {"5.2": "django>=5.2,<6.0", "6.0": "django>=6.0,<6.1", "6.1": "django>=6.1,<6.2"}
-# Django's own support: 6.0 and later need Python 3.12+.
+DATABASES = ["sqlite", "sqlite-file", "postgres"]
+NEWEST_DJANGO = "6.1"
+ONE_PYTHON = "3.13"
+
+
+def _in_ci_slice(python: str, django: str, db: str) -> bool:
+    """CI's representative slice: every Python on the newest Django it supports, every
+    Django on one Python (SQLite in memory), and the other databases on one pair."""
+    newest_for_python = "5.2" if python == "3.11" else NEWEST_DJANGO
+    if db != "sqlite":
+        return (python, django) == (ONE_PYTHON, NEWEST_DJANGO)
+    return django == newest_for_python or python == ONE_PYTHON
+
+
 MATRIX = [
-    (python, django)
+    nox.param(python, django, db, tags=["ci"] if _in_ci_slice(python, django, db) else [])
     for python in PYTHONS
     for django in DJANGOS
+    # Django's own support: 6.0 and later need Python 3.12+.
     if not (django >= "6.0" and python == "3.11")
+    for db in DATABASES
 ]
-DATABASES = ["sqlite", "sqlite-file", "postgres"]
 
 
 def _pyenv_version() -> str | None:
@@ -77,8 +93,7 @@ def _install(session: nox.Session, django: str, db: str) -> None:
 
 
 @nox.session
-@nox.parametrize(("python", "django"), MATRIX)
-@nox.parametrize("db", DATABASES)
+@nox.parametrize(("python", "django", "db"), MATRIX)
 def tests(session: nox.Session, django: str, db: str) -> None:
     """The library's test suite on one Python, one Django and one database."""
     _install(session, django, db)
@@ -109,7 +124,7 @@ def example(session: nox.Session) -> None:
     session.run("python", "-W", "error", "manage.py", "test", *session.posargs)
 
 
-@nox.session(python=None)
+@nox.session(python=None, tags=["ci"])
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff>=0.8")
@@ -117,7 +132,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=None)
+@nox.session(python=None, tags=["ci"])
 def docs(session: nox.Session) -> None:
     """Build the documentation; warnings and broken references fail."""
     session.install("-e", ".", "-r", "docs/requirements.txt")
@@ -135,7 +150,7 @@ def docs(session: nox.Session) -> None:
     )
 
 
-@nox.session(python="3.13")
+@nox.session(python=ONE_PYTHON, tags=["ci"])
 @nox.parametrize("django", list(DJANGOS))
 def conformance(session: nox.Session, django: str) -> None:
     """Django's own test-framework tests, with our classes swapped in (see tests/conformance)."""
@@ -143,14 +158,14 @@ def conformance(session: nox.Session, django: str) -> None:
     session.run("python", "tests/conformance/run.py", *session.posargs)
 
 
-@nox.session(python="3.13")
+@nox.session(python=ONE_PYTHON)
 def bench(session: nox.Session) -> None:
     """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
     session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
     session.run("python", "bench/run.py", *session.posargs)
 
 
-@nox.session(python="3.13")
+@nox.session(python=ONE_PYTHON, tags=["ci"])
 def typing(session: nox.Session) -> None:
     """mypy --strict with django-stubs, on the library and on typical users' code."""
     session.install(DJANGOS["6.1"], "-e", ".", "mypy>=1.13", "django-stubs>=5.2")
