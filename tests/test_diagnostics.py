@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connections
 
 from djasynctest import AsyncTestCase
@@ -117,6 +118,51 @@ def test_timeout_fails_with_every_pending_tasks_stack_and_rolls_back() -> None:
     assert "in test_waits_forever\n    await asyncio.Event().wait()" in text
     assert "task helper:" in text
     assert "in helper_waits\n    await asyncio.Event().wait()" in text
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def _query_that_never_returns() -> None:
+    # Runs on the DB thread, inside the test's transaction.
+    connection = connections["default"]
+    if connection.vendor == "postgresql":
+        sql = "SELECT pg_sleep(3600)"
+    else:
+        sql = (
+            "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+
+
+@pytest.mark.parametrize("where", ["async", "sync"])
+def test_timeout_interrupts_a_query_that_hangs_and_the_next_test_runs(where: str) -> None:
+    counts: list[int] = []
+
+    class Hung(AsyncTestCase):
+        timeout = 0.5
+
+        async def test_1_hangs_from_async_code(self) -> None:
+            await Item.objects.acreate(name="before the hang")
+            await sync_to_async(_query_that_never_returns)()
+
+        def test_1_hangs_from_sync_code(self) -> None:
+            Item.objects.create(name="before the hang")
+            _query_that_never_returns()
+
+        async def test_2_next(self) -> None:
+            counts.append(await Item.objects.acount())
+
+    start = time.monotonic()
+    result = run_case(Hung, f"test_1_hangs_from_{where}_code", "test_2_next")
+    assert time.monotonic() - start < 5
+    [(_, text)] = result.failures
+    assert f"TestTimeout: test_1_hangs_from_{where}_code" in text
+    assert "did not finish within its timeout of 0.5 s" in text
+    # The DB thread's stack names the line of the test's code that hangs.
+    assert "the DB thread (its queries were interrupted):" in text
+    assert "in _query_that_never_returns\n    cursor.execute(sql)" in text
+    assert not result.errors
+    assert counts == [0]
     assert leftover_rows() == {"items": [], "orders": 0}
 
 

@@ -111,8 +111,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     blocking_threshold: ClassVar[float | None] = INHERITED
     #: ``"fail"`` (default): a blocked loop fails the test; ``"warn"``: a :class:`BlockingWarning`.
     blocking_mode: ClassVar[BlockingMode] = INHERITED
-    #: Seconds the async code of each test (its async hooks included) may run before the
-    #: test fails with the stack of every pending task; ``None`` (default): no limit.
+    #: Seconds each test (its hooks and cleanups included) may run before it fails with the
+    #: stack of every pending task and of the DB thread, whose running queries are
+    #: interrupted so that the test is still rolled back; ``None`` (default): no limit.
     timeout: ClassVar[float | None] = INHERITED
     #: Record where each task is created, to show it when a test leaves one pending (slow).
     task_creation_stacks: ClassVar[bool] = INHERITED
@@ -271,6 +272,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _callCleanup(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         if function == self._djat_check_leaks:
             function()  # M: it looks at the loop and the threads, not the database
+        elif function == self._djat_post_teardown:
+            # The rollback: no timeout may cut it short.
+            db_thread().call(self._asyncioTestContext.run, function)
         else:
             self._djat_call(function, *args, **kwargs)
 
@@ -310,7 +314,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         """Run a hook, test or cleanup: coroutines on the loop, the rest on D."""
         if inspect.iscoroutinefunction(func):
             return self._djat_run_coroutine(func(*args, **kwargs))
-        return db_thread().call(self._asyncioTestContext.run, func, *args, **kwargs)
+        db, deadline = db_thread(), self._djat_deadline
+        if deadline is None or db.is_current():
+            return db.call(self._asyncioTestContext.run, func, *args, **kwargs)
+        return deadline.result(db.submit(self._asyncioTestContext.run, func, *args, **kwargs))
 
     def _djat_run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
         # M: runs the loop until coro is done, watched by the diagnostics.

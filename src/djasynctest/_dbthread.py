@@ -44,6 +44,7 @@ class DBThread(Executor):
         self._on_stop = on_stop
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._closed = False
+        self.busy = False  # running a job now (read by diagnostics on other threads)
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._work, name="djasynctest-db", daemon=True)
         self.thread.start()
@@ -135,6 +136,7 @@ class DBThread(Executor):
         # Work that arrives here directly (not through sync_to_async) must not
         # find a stale event loop left by an earlier call.
         forget_event_loop()
+        was_busy, self.busy = self.busy, True  # a job may serve others (serve_until)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -150,6 +152,8 @@ class DBThread(Executor):
                 _complete_on_loop(future, result, failed=False)
             else:
                 future.set_result(result)
+        finally:
+            self.busy = was_busy
 
 
 def _complete_on_loop(future: asyncio.Future[Any], value: Any, *, failed: bool) -> None:

@@ -10,7 +10,9 @@ Blocking detector
 
 Timeout
     One timer on the test's loop; when it fires, it formats the stack of every
-    pending task, then cancels the test's task.
+    pending task (and of the DB thread, whose queries it interrupts), then
+    cancels the test's task. Sync code on the DB thread is waited for until
+    the same moment.
 
 Leaks
     Tasks a test left pending, and threads it started and left running, are
@@ -30,6 +32,7 @@ import traceback
 import unittest
 import weakref
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -223,12 +226,20 @@ def tasks_report(loop: asyncio.AbstractEventLoop, test_task: asyncio.Task[Any]) 
 
 
 class Deadline:
-    """A test's timeout: one timer on its loop, for all of the test's async code."""
+    """A test's timeout: one timer on its loop for its async code, and a limit on the
+    wait for its sync code on the DB thread.
+
+    When it expires while the DB thread runs the test's work, the report shows
+    the DB thread's stack, and the queries its connections run are interrupted
+    (SQLite's ``interrupt()``, psycopg's ``cancel()``), so that the test's
+    rollback can run.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, test: str) -> None:
         self.timeout = timeout
         self.test = test
         self.report: str | None = None
+        self._expires = time.monotonic() + timeout
         self._running: Coroutine[Any, Any, Any] | None = None
         self._handle = loop.call_later(timeout, self._expire, loop)
 
@@ -244,19 +255,63 @@ class Deadline:
         )
         if test_task is None:
             return
-        self.report = tasks_report(loop, test_task)
+        self.report = tasks_report(loop, test_task) + _stop_db_thread_work()
         test_task.cancel()
+
+    def result(self, future: Future[T]) -> T:
+        """M: the outcome of the test's sync code on the DB thread, waited for until expiry."""
+        __tracebackhide__ = True
+        if self.report is None:
+            try:
+                future.exception(timeout=max(0.0, self._expires - time.monotonic()))
+            except TimeoutError:
+                self._handle.cancel()
+                self.report = _stop_db_thread_work()
+                try:
+                    future.exception(timeout=_INTERRUPT_GRACE)
+                except TimeoutError:
+                    self.report += (
+                        "It did not stop when its queries were interrupted: the test cannot "
+                        "be rolled back until it does.\n"
+                    )
+                raise self.error() from None
+        exc = future.exception()
+        if exc is not None:
+            raise exc
+        return future.result()
 
     def error(self) -> TestTimeout:
         msg = (
-            f"{self.test} did not finish within its timeout of {self.timeout:g} s. Pending "
-            f"tasks when it expired:\n{self.report}Raise the test's timeout, or find what it "
-            "waits for above."
+            f"{self.test} did not finish within its timeout of {self.timeout:g} s. When it "
+            f"expired, it was waiting in:\n{self.report}Raise the test's timeout, or find "
+            "what it waits for above."
         )
         return TestTimeout(msg)
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+# How long a timed-out test waits for the DB thread once its queries are interrupted.
+_INTERRUPT_GRACE = 5.0
+
+
+def _stop_db_thread_work() -> str:
+    """If the DB thread is busy: its stack, and interrupt the queries of its connections."""
+    db = running_db_thread()
+    if db is None or not db.busy:
+        return ""
+    stack = user_stack(sys._current_frames().get(db.thread.ident or 0))
+    for connection in list(_db_thread_connections):
+        raw = connection.connection
+        # psycopg (cancel_safe, cancel) and sqlite3 (interrupt): safe from another thread.
+        for name in ("cancel_safe", "cancel", "interrupt"):
+            stop = getattr(raw, name, None)
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    stop()
+                break
+    return f"the DB thread (its queries were interrupted):\n{stack}"
 
 
 # --- Leaks ------------------------------------------------------------------------
@@ -307,11 +362,20 @@ def _join(threads: set[threading.Thread], grace: float = 0.05) -> None:
 _foreign_connections: list[tuple[str, Any]] | None = None
 
 
+# The DB thread's connections, whose queries a timed-out test interrupts.
+_db_thread_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def on_connection_created(*, connection: Any, **kwargs: Any) -> None:
-    """``connection_created`` receiver: remember connections opened off the DB thread."""
+    """``connection_created`` receiver: remember the DB thread's connections, and those
+    opened off it while a test runs."""
     watched = _foreign_connections
     db = running_db_thread()
-    if watched is not None and db is not None and not db.is_current():
+    if db is None:
+        return
+    if db.is_current():
+        _db_thread_connections.add(connection)
+    elif watched is not None:
         watched.append((threading.current_thread().name, connection))
 
 
