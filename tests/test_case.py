@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pickle
 import re
@@ -383,50 +382,6 @@ def test_simple_test_case_refuses_queries_from_async_code() -> None:
     assert len(texts) == 2
     for text in texts:
         assert "Database queries to 'default' are not allowed in SimpleTestCase subclasses" in text
-
-
-@pytest.mark.parametrize(
-    "failure", [ValueError("boom"), asyncio.CancelledError()], ids=["raises", "cancelled"]
-)
-@pytest.mark.parametrize("hook", ["setUp", "asyncSetUp", "test", "asyncTearDown", "cleanup"])
-def test_failing_hook_is_reported_and_rolled_back(hook: str, failure: BaseException) -> None:
-    seen: list[int] = []
-
-    class Failing(AsyncTestCase):
-        async def setUp(self) -> None:
-            await Item.objects.acreate(name="setup")
-            self.addAsyncCleanup(self.cleanup)
-            if hook == "setUp" and self._testMethodName == "test_1_fails":
-                raise failure
-
-        async def asyncSetUp(self) -> None:
-            if hook == "asyncSetUp" and self._testMethodName == "test_1_fails":
-                raise failure
-
-        async def test_1_fails(self) -> None:
-            await Item.objects.acreate(name="test")
-            if hook == "test":
-                raise failure
-
-        async def test_2_clean(self) -> None:
-            seen.append(await Item.objects.acount())
-
-        async def asyncTearDown(self) -> None:
-            await Order.objects.acreate(item=await Item.objects.aget(name="setup"))
-            if hook == "asyncTearDown" and self._testMethodName == "test_1_fails":
-                raise failure
-
-        async def cleanup(self) -> None:
-            if hook == "cleanup" and self._testMethodName == "test_1_fails":
-                raise failure
-
-    result = run_case(Failing)
-    assert result.testsRun == 2
-    [(case, text)] = result.errors
-    assert case.id().endswith("test_1_fails")  # type: ignore[attr-defined]
-    assert type(failure).__name__ in text
-    assert seen == [1]
-    assert leftover_rows() == {"items": [], "orders": 0}
 
 
 def test_debug_raises_and_still_rolls_back() -> None:

@@ -18,7 +18,7 @@ from django.db import connections
 from djasynctest import AsyncTestCase
 from djasynctest._diagnostics import BlockingWarning, PendingTaskWarning
 from tests.testapp.models import Item
-from tests.utils import assert_passed, leftover_rows, run_case
+from tests.utils import assert_passed, hang_in_a_query, leftover_rows, run_case
 
 # --- Blocking detector ----------------------------------------------------------
 
@@ -121,19 +121,6 @@ def test_timeout_fails_with_every_pending_tasks_stack_and_rolls_back() -> None:
     assert leftover_rows() == {"items": [], "orders": 0}
 
 
-def _query_that_never_returns() -> None:
-    # Runs on the DB thread, inside the test's transaction.
-    connection = connections["default"]
-    if connection.vendor == "postgresql":
-        sql = "SELECT pg_sleep(3600)"
-    else:
-        sql = (
-            "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
-        )
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-
-
 @pytest.mark.parametrize("where", ["async", "sync"])
 def test_timeout_interrupts_a_query_that_hangs_and_the_next_test_runs(where: str) -> None:
     counts: list[int] = []
@@ -143,11 +130,11 @@ def test_timeout_interrupts_a_query_that_hangs_and_the_next_test_runs(where: str
 
         async def test_1_hangs_from_async_code(self) -> None:
             await Item.objects.acreate(name="before the hang")
-            await sync_to_async(_query_that_never_returns)()
+            await sync_to_async(hang_in_a_query)()
 
         def test_1_hangs_from_sync_code(self) -> None:
             Item.objects.create(name="before the hang")
-            _query_that_never_returns()
+            hang_in_a_query()
 
         async def test_2_next(self) -> None:
             counts.append(await Item.objects.acount())
@@ -160,7 +147,7 @@ def test_timeout_interrupts_a_query_that_hangs_and_the_next_test_runs(where: str
     assert "did not finish within its timeout of 0.5 s" in text
     # The DB thread's stack names the line of the test's code that hangs.
     assert "the DB thread (its queries were interrupted):" in text
-    assert "in _query_that_never_returns\n    cursor.execute(sql)" in text
+    assert "in hang_in_a_query\n    cursor.execute(sql)" in text
     assert not result.errors
     assert counts == [0]
     assert leftover_rows() == {"items": [], "orders": 0}

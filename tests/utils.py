@@ -6,6 +6,8 @@ import threading
 import unittest
 from typing import Any
 
+from django.db import connections
+
 from tests.testapp.models import Item, Order
 
 
@@ -46,3 +48,16 @@ def leftover_rows() -> dict[str, Any]:
         "items": list(Item.objects.values_list("name", flat=True)),
         "orders": Order.objects.count(),
     }
+
+
+def hang_in_a_query() -> None:
+    """A query that never returns (until interrupted), on the caller's connection."""
+    connection = connections["default"]
+    if connection.vendor == "postgresql":
+        sql = "SELECT pg_sleep(3600)"
+    else:
+        sql = (
+            "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)

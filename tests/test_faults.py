@@ -1,0 +1,175 @@
+"""Faults in every hook: reported as unittest reports them, rolled back, never poisoning the next.
+
+Each case has a faulty first test and a clean second one. The fault (an
+exception, a cancellation, a hang past the timeout, a skipTest) is put in
+one hook of the first test, sync or async; afterwards the result must say
+what unittest says for it, the second test must start clean, and no row may
+survive, as read from the test's own thread's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import unittest
+from typing import Any
+
+import pytest
+from django.db import connections
+
+from djasynctest import AsyncTestCase
+from tests.testapp.models import Item, Order
+from tests.utils import hang_in_a_query, leftover_rows, run_case
+
+FAULTS = ["raises", "cancelled", "times out", "skips"]
+ASYNC_HOOKS = ["setUp", "asyncSetUp", "test", "asyncTearDown", "tearDown", "cleanup"]
+SYNC_HOOKS = ["setUp", "test", "tearDown", "cleanup"]
+CASES = [
+    pytest.param(hook, flavour, fault, id=f"{flavour} {hook} {fault}")
+    for flavour, hooks in (("async", ASYNC_HOOKS), ("sync", SYNC_HOOKS))
+    for hook in hooks
+    for fault in FAULTS
+    if not (flavour == "sync" and fault == "cancelled")
+]
+
+
+async def async_fault(case: unittest.TestCase, fault: str) -> None:
+    if fault == "raises":
+        raise ValueError("boom")
+    if fault == "cancelled":
+        raise asyncio.CancelledError
+    if fault == "times out":
+        await asyncio.Event().wait()
+    case.skipTest("skipped on purpose")
+
+
+def sync_fault(case: unittest.TestCase, fault: str) -> None:
+    if fault == "raises":
+        raise ValueError("boom")
+    if fault == "times out":
+        hang_in_a_query()
+    case.skipTest("skipped on purpose")
+
+
+def faulty_case(hook: str, flavour: str, fault: str, seen: list[int]) -> type[AsyncTestCase]:
+    def here(case: unittest.TestCase, name: str) -> bool:
+        return name == hook and case._testMethodName == "test_1_faulty"
+
+    attrs: dict[str, Any]
+    if flavour == "async":
+
+        async def fault_in(case: unittest.TestCase, name: str) -> None:
+            if here(case, name):
+                await async_fault(case, fault)
+
+        async def setUp(self: Any) -> None:
+            await Item.objects.acreate(name="setup")
+            self.addAsyncCleanup(self.cleanup)
+            await fault_in(self, "setUp")
+
+        async def asyncSetUp(self: Any) -> None:
+            await fault_in(self, "asyncSetUp")
+
+        async def test_1_faulty(self: Any) -> None:
+            await Item.objects.acreate(name="test")
+            await fault_in(self, "test")
+
+        async def asyncTearDown(self: Any) -> None:
+            await Order.objects.acreate(item=await Item.objects.aget(name="setup"))
+            await fault_in(self, "asyncTearDown")
+
+        async def tearDown(self: Any) -> None:
+            await fault_in(self, "tearDown")
+
+        async def cleanup(self: Any) -> None:
+            await fault_in(self, "cleanup")
+
+        attrs = {
+            "setUp": setUp,
+            "asyncSetUp": asyncSetUp,
+            "test_1_faulty": test_1_faulty,
+            "asyncTearDown": asyncTearDown,
+            "tearDown": tearDown,
+            "cleanup": cleanup,
+        }
+    else:
+
+        def sync_fault_in(case: unittest.TestCase, name: str) -> None:
+            if here(case, name):
+                sync_fault(case, fault)
+
+        def sync_setUp(self: Any) -> None:
+            Item.objects.create(name="setup")
+            self.addCleanup(self.cleanup)
+            sync_fault_in(self, "setUp")
+
+        def sync_test(self: Any) -> None:
+            Item.objects.create(name="test")
+            sync_fault_in(self, "test")
+
+        def sync_tearDown(self: Any) -> None:
+            Order.objects.create(item=Item.objects.get(name="setup"))
+            sync_fault_in(self, "tearDown")
+
+        def sync_cleanup(self: Any) -> None:
+            sync_fault_in(self, "cleanup")
+
+        attrs = {
+            "setUp": sync_setUp,
+            "test_1_faulty": sync_test,
+            "tearDown": sync_tearDown,
+            "cleanup": sync_cleanup,
+        }
+
+    async def test_2_clean(self: Any) -> None:
+        seen.append(await Item.objects.acount())
+
+    attrs.update(__module__=__name__, timeout=0.5, test_2_clean=test_2_clean)
+    return type("Faulty", (AsyncTestCase,), attrs)
+
+
+@pytest.mark.parametrize(("hook", "flavour", "fault"), CASES)
+def test_fault_is_reported_as_unittest_would_and_rolled_back(
+    hook: str, flavour: str, fault: str
+) -> None:
+    seen: list[int] = []
+    result = run_case(faulty_case(hook, flavour, fault, seen))
+
+    assert result.testsRun == 2
+    outcome = {
+        "errors": [(case.id(), text) for case, text in result.errors],
+        "failures": [(case.id(), text) for case, text in result.failures],
+        "skipped": [(case.id(), reason) for case, reason in result.skipped],
+    }
+    expected_kind = {
+        "raises": "errors",
+        "cancelled": "errors",
+        "times out": "failures",
+        "skips": "skipped",
+    }[fault]
+    if (flavour, hook, fault) == ("sync", "test", "times out") and (
+        connections["default"].vendor == "postgresql"
+    ):
+        # PostgreSQL aborts the transaction of an interrupted query, so the
+        # tearDown's query fails too, as after any failed query in a Django test.
+        [(_, text)] = outcome["errors"]
+        assert "current transaction is aborted" in text
+        outcome["errors"] = []
+    for kind, entries in outcome.items():
+        assert len(entries) == (kind == expected_kind), (kind, entries)
+    [(test_id, text)] = outcome[expected_kind]
+    assert test_id.endswith("test_1_faulty")
+    if fault == "raises":
+        # The user's traceback, down to the line that raised, without ours.
+        assert 'in async_fault\n    raise ValueError("boom")' in text or (
+            'in sync_fault\n    raise ValueError("boom")' in text
+        ), text
+        assert "djasynctest/_" not in text, text
+    elif fault == "cancelled":
+        assert "CancelledError" in text
+    elif fault == "times out":
+        assert "TestTimeout: test_1_faulty" in text
+    else:
+        assert text == "skipped on purpose"
+
+    assert seen == [1], "the next test must start clean"
+    assert leftover_rows() == {"items": [], "orders": 0}
