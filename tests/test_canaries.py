@@ -12,6 +12,7 @@ import unittest
 
 import django.test
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
+from django.db import transaction
 
 
 def source(obj: object) -> str:
@@ -100,3 +101,10 @@ def test_asgiref_executor_context_enters_and_exits_without_suspending() -> None:
         assert SyncToAsync.thread_sensitive_context.get() is routing
         exit_routing(routing)
         assert SyncToAsync.thread_sensitive_context.get(None) is None
+
+
+def test_django_class_atomics_and_atomic_blocks() -> None:
+    """_classlevel.roll_back_class_atomics finds Django's open class atomics this way."""
+    assert "cls.cls_atomics = cls._enter_atomics()" in source(django.test.TestCase.setUpClass)
+    assert "connection.atomic_blocks.append(self)" in source(transaction.Atomic.__enter__)
+    assert "connection.atomic_blocks.pop()" in source(transaction.Atomic.__exit__)

@@ -173,3 +173,171 @@ def test_fault_is_reported_as_unittest_would_and_rolled_back(
 
     assert seen == [1], "the next test must start clean"
     assert leftover_rows() == {"items": [], "orders": 0}
+
+
+# --- Class-level hooks --------------------------------------------------------------
+
+CLASS_CASES = [
+    ("setUpClass", "raises"),
+    ("setUpClass", "skips"),
+    ("setUpTestData", "raises"),
+    ("setUpTestData", "skips"),
+    ("async setUpTestData", "raises"),
+    ("async setUpTestData", "cancelled"),
+    ("async setUpTestData", "skips"),
+    ("asyncSetUpClass", "raises"),
+    ("asyncSetUpClass", "cancelled"),
+    ("asyncSetUpClass", "skips"),
+    ("asyncTearDownClass", "raises"),
+    ("asyncTearDownClass", "cancelled"),
+    ("asyncTearDownClass", "skips"),
+    ("tearDownClass", "raises"),
+    ("tearDownClass", "skips"),
+    ("class cleanup", "raises"),
+]
+
+
+def class_fault(fault: str) -> None:
+    if fault == "raises":
+        raise ValueError("boom")
+    if fault == "cancelled":
+        raise asyncio.CancelledError
+    raise unittest.SkipTest("skipped on purpose")
+
+
+def faulty_class(hook: str, fault: str, ran: list[str]) -> type[AsyncTestCase]:
+    class FaultyClass(AsyncTestCase):
+        loop_scope = "class"
+
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            Item.objects.create(name="setUpClass")
+            cls.addClassCleanup(cls.class_cleanup)
+            if hook == "setUpClass":
+                class_fault(fault)
+
+        @classmethod
+        def class_cleanup(cls) -> None:
+            if hook == "class cleanup":
+                class_fault(fault)
+
+        @classmethod
+        async def asyncSetUpClass(cls) -> None:
+            await Item.objects.acreate(name="asyncSetUpClass")
+            if hook == "asyncSetUpClass":
+                class_fault(fault)
+
+        async def test_it(self) -> None:
+            ran.append("test_it")
+            await Item.objects.acreate(name="test")
+
+        @classmethod
+        async def asyncTearDownClass(cls) -> None:
+            await Item.objects.acreate(name="asyncTearDownClass")
+            if hook == "asyncTearDownClass":
+                class_fault(fault)
+
+        @classmethod
+        def tearDownClass(cls) -> None:
+            try:
+                Item.objects.create(name="tearDownClass")
+                if hook == "tearDownClass":
+                    class_fault(fault)
+            finally:
+                super().tearDownClass()
+
+    if hook == "async setUpTestData":
+
+        async def set_up_test_data(cls: Any) -> None:
+            await Item.objects.acreate(name="setUpTestData")
+            class_fault(fault)
+
+        return type("FaultyClass", (FaultyClass,), {"setUpTestData": classmethod(set_up_test_data)})
+    if hook == "setUpTestData":
+
+        def sync_set_up_test_data(cls: Any) -> None:
+            Item.objects.create(name="setUpTestData")
+            class_fault(fault)
+
+        return type(
+            "FaultyClass", (FaultyClass,), {"setUpTestData": classmethod(sync_set_up_test_data)}
+        )
+    return FaultyClass
+
+
+class CleanAfterwards(AsyncTestCase):
+    seen: list[int] = []
+
+    async def test_sees_no_rows(self) -> None:
+        self.seen.append(await Item.objects.acount())
+
+
+@pytest.mark.parametrize(("hook", "fault"), CLASS_CASES, ids=[" ".join(c) for c in CLASS_CASES])
+def test_class_level_fault_is_reported_and_the_class_rolled_back(hook: str, fault: str) -> None:
+    ran: list[str] = []
+    faulty = faulty_class(hook, fault, ran)
+    CleanAfterwards.seen = []
+    suite = unittest.TestSuite(
+        [
+            unittest.defaultTestLoader.loadTestsFromTestCase(faulty),
+            CleanAfterwards("test_sees_no_rows"),
+        ]
+    )
+    result = unittest.TestResult()
+    suite.run(result)
+
+    set_up_fails = hook in ("setUpClass", "setUpTestData", "async setUpTestData", "asyncSetUpClass")
+    assert ran == ([] if set_up_fails else ["test_it"])
+    problems = [(str(case), text) for case, text in result.errors + result.failures]
+    skipped = [(str(case), reason) for case, reason in result.skipped]
+    if fault == "skips":
+        assert problems == []
+        [(where, reason)] = skipped
+        assert reason == "skipped on purpose"
+    else:
+        assert skipped == []
+        [(where, text)] = problems
+        assert ("ValueError: boom" if fault == "raises" else "CancelledError") in text, text
+    phase = "tearDownClass" if not set_up_fails else "setUpClass"
+    if hook == "class cleanup":
+        phase = "tearDownClass"
+    assert where == f"{phase} (tests.test_faults.{faulty.__qualname__})"
+    assert CleanAfterwards.seen == [0], "the next class must start clean"
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+# --- Bad input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"fixtures": ["no-such-fixture"]}, "No fixture named 'no-such-fixture' found."),
+        ({"fixtures": ["malformed.json"]}, "Problem installing fixture"),
+        (
+            {"databases": {"default", "nope"}},
+            "databases refers to 'nope' which is not defined in settings.DATABASES.",
+        ),
+    ],
+    ids=["missing fixture", "malformed fixture", "unknown database alias"],
+)
+def test_bad_class_input_fails_the_class_with_the_cause_and_nothing_runs(
+    attrs: dict[str, Any], message: str
+) -> None:
+    ran: list[str] = []
+
+    async def test_it(self: Any) -> None:
+        ran.append("test_it")
+
+    Bad = type("Bad", (AsyncTestCase,), {"__module__": __name__, "test_it": test_it, **attrs})
+    CleanAfterwards.seen = []
+    suite = unittest.TestSuite([Bad("test_it"), CleanAfterwards("test_sees_no_rows")])
+    result = unittest.TestResult()
+    suite.run(result)
+    [(case, text)] = result.errors
+    assert str(case) == "setUpClass (tests.test_faults.Bad)"
+    assert message in text, text
+    assert ran == []
+    assert CleanAfterwards.seen == [0]
+    assert leftover_rows() == {"items": [], "orders": 0}

@@ -12,6 +12,7 @@ with its ORM calls sent back to D.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
@@ -19,7 +20,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.db import connections
+from django.db import connections, transaction
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
 from djasynctest._bootstrap import ensure_test_databases
@@ -113,29 +114,68 @@ def _set_up_class(
                 raise TypeError(msg)
     ensure_test_databases(_aliases(klass))
     connect_receivers()
-    set_up = _with_serialized_contents(func, klass)
+    set_up = _rolled_back_on_failure(_with_serialized_contents(func, klass), klass)
     # M runs an event loop while D sets the class up, so that an async
     # setUpTestData, called by Django through async_to_sync on D, runs here on
     # M with its ORM calls sent back to D.
     call = _on_db_thread_from_loop(db, set_up, klass, *args, **kwargs)
-    if opts.loop_scope == "test":
-        with new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory) as runner:
-            result = runner.run(call)
-    else:
-        loop = klass._djat_class_loop = ClassLoop(
-            db, debug=opts.loop_debug, loop_factory=klass.loop_factory
-        )
-        result = loop.run(call)
-        try:
-            loop.run(klass.asyncSetUpClass())
-        except BaseException:
-            # unittest calls no tearDownClass after a failed setUpClass: undo the
-            # class set-up (Django's atomics) here, on D.
-            db.call(klass.tearDownClass)
-            raise
+    try:
+        if opts.loop_scope == "test":
+            with new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory) as runner:
+                result = runner.run(call)
+        else:
+            loop = klass._djat_class_loop = ClassLoop(
+                db, debug=opts.loop_debug, loop_factory=klass.loop_factory
+            )
+            result = loop.run(call)
+            try:
+                loop.run(klass.asyncSetUpClass())
+            except BaseException:
+                db.call(roll_back_class_atomics, klass)
+                raise
+    except asyncio.CancelledError as exc:
+        raise _cancelled(klass, "setUpClass") from exc
     # Until tearDownClass, a test's rollback may set the next test up.
     klass._djat_set_up = True
     return result
+
+
+def _rolled_back_on_failure(func: Callable[..., T], klass: Any) -> Callable[..., T]:
+    @functools.wraps(func)
+    def set_up(*args: Any, **kwargs: Any) -> T:
+        # D.
+        __tracebackhide__ = True
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            roll_back_class_atomics(klass)
+            raise
+
+    return set_up
+
+
+def roll_back_class_atomics(klass: Any) -> None:
+    """D: roll back the class atomics Django opened in ``setUpClass`` if they are still open.
+
+    unittest calls no ``tearDownClass`` after a failed ``setUpClass``, and Django
+    rolls its class atomics back only when fixtures or ``setUpTestData`` raise an
+    ``Exception``: not when the user's code after ``super().setUpClass()`` raises,
+    nor for a ``CancelledError``. Nor does anything when a ``tearDownClass`` raises
+    before it calls ``super()``.
+    """
+    atomics = klass.__dict__.get("cls_atomics") or {}
+    for alias, atomic in reversed(atomics.items()):
+        if atomic in connections[alias].atomic_blocks:
+            transaction.set_rollback(True, using=alias)
+            atomic.__exit__(None, None, None)
+
+
+def _cancelled(klass: Any, hook: str) -> RuntimeError:
+    # A CancelledError is no Exception: unittest would let it end the whole run.
+    return RuntimeError(
+        f"{klass.__qualname__}.{hook} was cancelled (an asyncio.CancelledError, shown above, "
+        "in a class-level hook); the class is rolled back and its tests are not run."
+    )
 
 
 def _tear_down_class(
@@ -148,11 +188,17 @@ def _tear_down_class(
         del klass._djat_set_up
     unused = take_next_pre_setup(klass)
     try:
-        if loop is not None:
-            loop.run(klass.asyncTearDownClass())
-    finally:
-        db.call(_undo_unused_pre_setup, unused)
-        result = db.call(func, klass, *args, **kwargs)
+        try:
+            if loop is not None:
+                loop.run(klass.asyncTearDownClass())
+        finally:
+            db.call(_undo_unused_pre_setup, unused)
+            try:
+                result = db.call(func, klass, *args, **kwargs)
+            finally:
+                db.call(roll_back_class_atomics, klass)
+    except asyncio.CancelledError as exc:
+        raise _cancelled(klass, "tearDownClass") from exc
     return result
 
 
