@@ -108,3 +108,13 @@ def test_django_class_atomics_and_atomic_blocks() -> None:
     assert "cls.cls_atomics = cls._enter_atomics()" in source(django.test.TestCase.setUpClass)
     assert "connection.atomic_blocks.append(self)" in source(transaction.Atomic.__enter__)
     assert "connection.atomic_blocks.pop()" in source(transaction.Atomic.__exit__)
+
+
+def test_django_class_cleanup_of_database_failures() -> None:
+    """_classlevel drops this class cleanup of Django's when the DB thread has stopped."""
+    assert "cls.addClassCleanup(cls._remove_databases_failures)" in source(
+        django.test.SimpleTestCase.setUpClass
+    )
+    assert "cls._class_cleanups.append((function, args, kwargs))" in source(
+        unittest.TestCase.addClassCleanup
+    )

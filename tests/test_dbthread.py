@@ -48,7 +48,7 @@ def test_submit_after_shutdown_is_a_clear_error() -> None:
     db = DBThread()
     db.shutdown()
     assert not db.thread.is_alive()
-    with pytest.raises(RuntimeError, match=r"^The djasynctest DB thread has been shut down; "):
+    with pytest.raises(RuntimeError, match=r"^The djasynctest DB thread has stopped, "):
         db.submit(print)
 
 
@@ -87,3 +87,30 @@ def test_serve_until_runs_work_queued_while_the_thread_waits(db: DBThread) -> No
         return done.result()
 
     assert db.call(wait_for_helper) == "served"
+
+
+def test_a_fault_of_the_db_thread_itself_fails_the_job_not_the_thread() -> None:
+    db = DBThread()
+    broken = (object(), print, (), {})  # no future: the thread's own code fails on it
+    db._jobs.put(broken)  # type: ignore[arg-type]
+    assert db.call(int) == 0
+    assert db.thread.is_alive()
+
+
+def test_work_queued_on_a_stopping_db_thread_fails_clearly_and_never_waits() -> None:
+    db = DBThread()
+    gate = threading.Event()
+    busy = db.submit(gate.wait)
+    with db._lock:  # as if queued just before stop() took the lock
+        db._closed = True
+    db._jobs.put(None)
+    late: Future[int] = Future()
+    db._jobs.put((late, int, (), {}))
+    gate.set()
+    assert busy.result(timeout=5) is True
+    db.thread.join(5)
+    assert not db.thread.is_alive()
+    with pytest.raises(RuntimeError, match=r"^The djasynctest DB thread has stopped, "):
+        late.result(timeout=5)
+    with pytest.raises(RuntimeError, match="The next test class starts a new DB thread"):
+        db.call(int)

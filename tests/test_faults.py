@@ -17,6 +17,7 @@ import pytest
 from django.db import connections
 
 from djasynctest import AsyncTestCase
+from djasynctest._dbthread import db_thread
 from tests.testapp.models import Item, Order
 from tests.utils import hang_in_a_query, leftover_rows, run_case
 
@@ -339,5 +340,38 @@ def test_bad_class_input_fails_the_class_with_the_cause_and_nothing_runs(
     assert str(case) == "setUpClass (tests.test_faults.Bad)"
     assert message in text, text
     assert ran == []
+    assert CleanAfterwards.seen == [0]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+# --- The DB thread itself ---------------------------------------------------------------
+
+
+def test_db_thread_that_stops_fails_its_class_clearly_and_the_next_class_runs() -> None:
+    first = db_thread()
+
+    class Stops(AsyncTestCase):
+        @classmethod
+        def setUpTestData(cls) -> None:
+            Item.objects.create(name="class data")
+
+        async def test_it(self) -> None:
+            await Item.objects.acreate(name="before the DB thread stopped")
+            db_thread().stop(timeout=5)  # as if the thread had died
+            await Item.objects.acount()
+
+    CleanAfterwards.seen = []
+    suite = unittest.TestSuite([Stops("test_it"), CleanAfterwards("test_sees_no_rows")])
+    result = unittest.TestResult()
+    suite.run(result)
+
+    assert not first.thread.is_alive()
+    assert db_thread() is not first
+    failures = [(str(case), text) for case, text in result.errors + result.failures]
+    assert all("Stops" in name for name, _ in failures), failures
+    test_text = failures[0][1]
+    assert "RuntimeError: The djasynctest DB thread has stopped" in test_text
+    assert "await Item.objects.acount()" in test_text
+    assert "wrapped" not in "".join(text for _, text in failures)
     assert CleanAfterwards.seen == [0]
     assert leftover_rows() == {"items": [], "orders": 0}

@@ -35,6 +35,8 @@ __unittest = True
 T = TypeVar("T")
 
 CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
+# A class cleanup of Django's that only makes sense on the DB thread.
+_REMOVE_DATABASES_FAILURES = SimpleTestCase._remove_databases_failures.__func__  # type: ignore[attr-defined]
 
 
 def check_bases(cls: type, mixin: type) -> None:
@@ -80,10 +82,22 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
     @functools.wraps(func)
     def on_db_thread(klass: Any, /, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        db = db_thread()
+        db = db_thread(replace_stopped=name == "setUpClass")
         if db.is_current():
             # Called through super() from a hook already on D.
             return func(klass, *args, **kwargs)
+        if db.stopped and name == "doClassCleanups":
+            # unittest calls doClassCleanups unguarded: run the class cleanups
+            # here, but not Django's, which restores the connections of D.
+            klass._class_cleanups[:] = [
+                cleanup
+                for cleanup in klass._class_cleanups
+                if getattr(cleanup[0], "__func__", None) is not _REMOVE_DATABASES_FAILURES
+            ]
+            try:
+                return func(klass, *args, **kwargs)
+            finally:
+                _close_class_loop(klass)
         if name == "setUpClass":
             return _set_up_class(db, func, klass, *args, **kwargs)
         if name == "tearDownClass":

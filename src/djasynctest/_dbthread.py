@@ -43,6 +43,7 @@ class DBThread(Executor):
     def __init__(self, *, on_stop: Callable[[], object] | None = None) -> None:
         self._on_stop = on_stop
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._lock = threading.Lock()  # orders _closed with the last jobs queued
         self._closed = False
         self.busy = False  # running a job now (read by diagnostics on other threads)
         self.pid = os.getpid()
@@ -66,12 +67,24 @@ class DBThread(Executor):
         future: Any = Future() if loop is None else loop.create_future()
         return self._queue(future, fn, args, kwargs)  # type: ignore[no-any-return]
 
+    @property
+    def stopped(self) -> bool:
+        """Whether it takes no more work: shut down, or dead."""
+        return self._closed
+
     def _queue(self, future: Any, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        if self._closed:
-            msg = "The djasynctest DB thread has been shut down; no more work can run on it."
-            raise RuntimeError(msg)
-        self._jobs.put((future, fn, args, kwargs))
+        with self._lock:
+            if self._closed:
+                raise self._stopped_error()
+            self._jobs.put((future, fn, args, kwargs))
         return future
+
+    def _stopped_error(self) -> RuntimeError:
+        return RuntimeError(
+            "The djasynctest DB thread has stopped, and its connections were closed with it: "
+            "no more work can run on it, and the work of the test class it served (its "
+            "transactions included) is lost. The next test class starts a new DB thread."
+        )
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the DB thread and return its result.
@@ -95,9 +108,10 @@ class DBThread(Executor):
 
     def stop(self, timeout: float | None) -> None:
         """Finish the queued work, run ``on_stop`` and end; wait up to ``timeout`` seconds."""
-        if not self._closed:
-            self._closed = True
-            self._jobs.put(None)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._jobs.put(None)
         if timeout != 0 and not self.is_current():
             self.thread.join(timeout)
 
@@ -116,16 +130,48 @@ class DBThread(Executor):
                 self._jobs.put(None)  # shutting down: leave it for _work()
                 awaited.result()
             elif job is not _WAKE_UP:
-                self._run(job)
+                self._run_or_fail(job)
 
     def _work(self) -> None:
         # Runs on the DB thread for its whole life.
-        while (job := self._jobs.get()) is not None:
-            if job is not _WAKE_UP:
-                self._run(job)
-            del job
-        if self._on_stop is not None:
-            self._on_stop()
+        try:
+            while (job := self._jobs.get()) is not None:
+                if job is not _WAKE_UP:
+                    self._run_or_fail(job)
+                del job
+        finally:
+            with self._lock:
+                self._closed = True
+            try:
+                if self._on_stop is not None:
+                    self._on_stop()
+            finally:
+                self._fail_queued_jobs()
+
+    def _run_or_fail(self, job: _Job) -> None:
+        # A fault of this module fails the job, not the thread.
+        try:
+            self._run(job)
+        except BaseException as exc:
+            future = job[0]
+            with contextlib.suppress(BaseException):
+                if isinstance(future, Future):
+                    future.set_exception(exc)
+                else:
+                    _complete_on_loop(future, exc, failed=True)
+
+    def _fail_queued_jobs(self) -> None:
+        # D, at its end: nothing may wait for work that will never run.
+        while not self._jobs.empty():
+            job = self._jobs.get()
+            if job is None or job is _WAKE_UP:
+                continue
+            future = job[0]
+            if isinstance(future, Future):
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(self._stopped_error())
+            else:
+                _complete_on_loop(future, self._stopped_error(), failed=True)
 
     def _run(self, job: _Job) -> None:
         future, fn, args, kwargs = job
@@ -180,14 +226,26 @@ _lock = threading.Lock()
 _current: DBThread | None = None
 
 
-def db_thread() -> DBThread:
-    """The process's DB thread, started on first use (again after a fork)."""
+def db_thread(*, replace_stopped: bool = False) -> DBThread:
+    """The process's DB thread, started on first use (again after a fork).
+
+    With ``replace_stopped`` (at the start of a test class), a DB thread that
+    died is replaced by a new one.
+    """
     global _current
     current = _current
-    if current is not None and current.pid == os.getpid():
+    if (
+        current is not None
+        and current.pid == os.getpid()
+        and not (replace_stopped and current.stopped)
+    ):
         return current
     with _lock:
-        if _current is None or _current.pid != os.getpid():
+        if (
+            _current is None
+            or _current.pid != os.getpid()
+            or (replace_stopped and _current.stopped)
+        ):
             _current = DBThread(on_stop=_close_connections)
             # At exit, close its connections (a database cannot be dropped
             # while they are open), without waiting forever on a hung query.
@@ -196,8 +254,21 @@ def db_thread() -> DBThread:
 
 
 def _close_connections() -> None:
+    # D, as it stops: end its transactions (the class and per-test atomics of
+    # a class cut short) and close its connections, at the driver where Django
+    # would refuse (it never closes an in-memory SQLite connection, nor rolls
+    # back inside an atomic block), so that the next DB thread finds no lock.
     from django.db import connections
 
+    for connection in connections.all(initialized_only=True):
+        raw = connection.connection
+        if raw is None:
+            continue
+        with contextlib.suppress(Exception):
+            if connection.in_atomic_block:
+                raw.rollback()
+            if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
+                raw.close()  # the database lives on in the test runner's connection
     connections.close_all()
 
 
