@@ -14,6 +14,7 @@ import unittest
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connections
 
 from djasynctest import AsyncTestCase
@@ -374,4 +375,69 @@ def test_db_thread_that_stops_fails_its_class_clearly_and_the_next_class_runs() 
     assert "await Item.objects.acount()" in test_text
     assert "wrapped" not in "".join(text for _, text in failures)
     assert CleanAfterwards.seen == [0]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def _backend_pid() -> int:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid: int = cursor.fetchone()[0]
+    return pid
+
+
+def _terminate(pid: int) -> None:
+    """End a backend from an independent connection, as an administrator or a failover would."""
+    import psycopg
+
+    settings = connections["default"].settings_dict
+    with psycopg.connect(
+        dbname="postgres",
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@pytest.mark.skipif(
+    connections["default"].vendor != "postgresql", reason="pg_terminate_backend is PostgreSQL's"
+)
+def test_terminated_backend_fails_clearly_and_the_next_class_reconnects() -> None:
+    class Terminated(AsyncTestCase):
+        @classmethod
+        def setUpTestData(cls) -> None:
+            Item.objects.create(name="class data")
+
+        async def test_1_loses_its_connection(self) -> None:
+            await Item.objects.acreate(name="before")
+            _terminate(await sync_to_async(_backend_pid)())
+            await Item.objects.acount()
+
+        async def test_2_after(self) -> None:
+            raise AssertionError("must not run without the class's data")
+
+    CleanAfterwards.seen = []
+    suite = unittest.TestSuite(
+        [
+            unittest.defaultTestLoader.loadTestsFromTestCase(Terminated),
+            CleanAfterwards("test_sees_no_rows"),
+        ]
+    )
+    result = unittest.TestResult()
+    suite.run(result)
+
+    errors = {case.id().rsplit(".", 1)[-1]: text for case, text in result.errors}
+    assert not result.failures
+    assert set(errors) == {"test_1_loses_its_connection", "test_2_after"}, errors
+    assert (
+        "terminating connection due to administrator command"
+        in (errors["test_1_loses_its_connection"])
+    )
+    assert (
+        "RuntimeError: The connection to the database 'default' was lost during "
+        f"{__name__}.{Terminated.__qualname__}.test_1_loses_its_connection"
+    ) in errors["test_2_after"]
+    assert CleanAfterwards.seen == [0], "the next class must get a working connection"
     assert leftover_rows() == {"items": [], "orders": 0}

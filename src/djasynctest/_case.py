@@ -43,8 +43,10 @@ from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from djasynctest._classlevel import (
     CLASS_HOOKS,
     check_bases,
+    check_class_transaction,
     make_async_set_up_test_data_callable,
     queue_next_pre_setup,
+    raise_if_class_transaction_lost,
     run_class_hook_on_db_thread,
     take_next_pre_setup,
 )
@@ -218,6 +220,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _djat_run_pre_setup(self) -> None:
         # D.
         cls = type(self)
+        raise_if_class_transaction_lost(cls)
         if cls._pre_setup_ran_eagerly:  # type: ignore[attr-defined]
             cls._pre_setup_ran_eagerly = False  # type: ignore[attr-defined]
         else:
@@ -226,7 +229,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _djat_post_teardown(self) -> None:
         # D, as the last cleanup.
         self._djat_teardown_due = False
-        self._post_teardown()  # type: ignore[attr-defined]
+        try:
+            self._post_teardown()  # type: ignore[attr-defined]
+        finally:
+            check_class_transaction(self)
         queue_next_pre_setup(self)
 
     def _callSetUp(self) -> None:

@@ -198,8 +198,9 @@ def _tear_down_class(
     # M.
     __tracebackhide__ = True
     loop = klass.__dict__.get("_djat_class_loop")
-    if "_djat_set_up" in klass.__dict__:
-        del klass._djat_set_up
+    for name in ("_djat_set_up", "_djat_lost"):
+        if name in klass.__dict__:
+            delattr(klass, name)
     unused = take_next_pre_setup(klass)
     try:
         try:
@@ -216,6 +217,36 @@ def _tear_down_class(
     return result
 
 
+def check_class_transaction(case: Any) -> None:
+    """D, after a test's rollback: note when a connection of a ``TestCase`` was lost.
+
+    A connection that broke (the server ended it, the network went) took the
+    class's transaction, with its fixtures and ``setUpTestData``, with it: the
+    class's remaining tests fail with that cause rather than run without their
+    data; ``tearDownClass`` ends the broken atomics and the next class reconnects.
+    """
+    cls: Any = type(case)
+    if not issubclass(cls, TestCase) or "_djat_lost" in cls.__dict__:
+        return
+    for alias in _aliases(cls):
+        connection = connections[alias]
+        # errors_occurred: Django's own flag, set by a failed query; cheap.
+        if connection.errors_occurred and not connection.is_usable():
+            cls._djat_lost = (
+                f"The connection to the database {alias!r} was lost during {case.id()}, "
+                f"and the transaction of {cls.__qualname__}, with its fixtures and "
+                "setUpTestData, went with it: the class's remaining tests cannot run. "
+                "The next class opens a new connection."
+            )
+            return
+
+
+def raise_if_class_transaction_lost(klass: Any) -> None:
+    lost = klass.__dict__.get("_djat_lost")
+    if lost is not None:
+        raise RuntimeError(lost)
+
+
 def queue_next_pre_setup(case: Any) -> None:
     """D, right after a test's rollback: queue the next test's per-test setup.
 
@@ -226,8 +257,8 @@ def queue_next_pre_setup(case: Any) -> None:
     of the class follows, ``tearDownClass`` undoes it.
     """
     cls: Any = type(case)
-    if not cls.__dict__.get("_djat_set_up"):
-        return  # a test run on its own, outside setUpClass/tearDownClass
+    if not cls.__dict__.get("_djat_set_up") or "_djat_lost" in cls.__dict__:
+        return  # a test run on its own, outside setUpClass/tearDownClass; or no transaction
     if issubclass(cls, TestCase):
         if not (cls._databases_support_transactions() and cls._databases_support_savepoints()):
             return
