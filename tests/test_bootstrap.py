@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +66,68 @@ def test_unittest_creates_test_database_and_destroys_it_at_exit(tmp_path: Path) 
     name = record.read_text()
     assert "test" in name
     assert not _database_exists(name)
+
+
+def _items_in(name: str) -> int:
+    if BACKEND == "postgres":
+        import psycopg
+
+        with psycopg.connect(
+            dbname=name,
+            host=os.environ.get("PGHOST", "localhost"),
+            user=os.environ.get("PGUSER", "djasynctest"),
+            password=os.environ.get("PGPASSWORD", "djasynctest"),
+        ) as connection:
+            row = connection.execute("SELECT count(*) FROM testapp_item").fetchone()
+    else:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(name)) as connection:
+            row = connection.execute("SELECT count(*) FROM testapp_item").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+INTERRUPT_RUNS = {
+    "unittest": ("-m", "unittest", "tests.runnerproject.interrupt.test_interrupted"),
+    "manage.py": (
+        "tests/runnerproject/manage.py",
+        "test",
+        "--noinput",
+        "--parallel",
+        "1",
+        "tests.runnerproject.interrupt",
+    ),
+    "manage.py --keepdb": (
+        "tests/runnerproject/manage.py",
+        "test",
+        "--noinput",
+        "--keepdb",
+        "tests.runnerproject.interrupt",
+    ),
+    "pytest": ("-m", "pytest", "tests/runnerproject/interrupt", "-p", "no:cacheprovider", "-q"),
+}
+
+
+@pytest.mark.skipif(BACKEND == "sqlite", reason="an in-memory database leaves nothing to check")
+@pytest.mark.parametrize("runner", list(INTERRUPT_RUNS))
+def test_ctrl_c_stops_the_run_and_the_test_database_is_dropped_or_kept_clean(
+    tmp_path: Path, runner: str
+) -> None:
+    record = tmp_path / "name.txt"
+    os.environ["RECORD_TO"] = str(record)
+    try:
+        process = run(*INTERRUPT_RUNS[runner])
+    finally:
+        del os.environ["RECORD_TO"]
+    output = process.stdout + process.stderr
+    # unittest and Django let KeyboardInterrupt end the process; pytest reports it.
+    assert process.returncode == (2 if runner == "pytest" else -signal.SIGINT), output
+    assert "KeyboardInterrupt" in output, output
+    name = record.read_text()
+    assert "test" in name, "the run went on after Ctrl-C"
+    if runner == "manage.py --keepdb":
+        assert _database_exists(name)
+        assert _items_in(name) == 0, "the interrupted test's rows must be rolled back"
+    else:
+        assert not _database_exists(name), output

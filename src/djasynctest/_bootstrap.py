@@ -9,6 +9,7 @@ process, on first use, and tears the test databases down at exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 from collections.abc import Iterable
@@ -100,8 +101,10 @@ def _teardown(state: _TestDatabases) -> None:
     from djasynctest._dbthread import running_db_thread
 
     db = running_db_thread()
-    if db is not None:
-        db.call(connections.close_all)
+    if db is not None and not db.stopped:
+        # Bounded: a DB thread stuck in a query must not hang the exit.
+        with contextlib.suppress(Exception):
+            db.submit(connections.close_all).result(timeout=5)
     teardown_databases(state.old_config, verbosity=0)
     teardown_test_environment()
     # SQLite ignores close() on in-memory test databases; now that their

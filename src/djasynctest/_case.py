@@ -78,6 +78,7 @@ from djasynctest._diagnostics import (
     leaks_report,
     new_threads,
     record_task_creation,
+    stop_db_thread_on_interrupt,
     watch_connections,
 )
 from djasynctest._loop import ClassLoop, new_runner
@@ -161,7 +162,11 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         return self.run(result)
 
     def run(self, result: unittest.TestResult | None = None) -> unittest.TestResult | None:
-        return _off_db_thread(super().run, result)
+        try:
+            return _off_db_thread(super().run, result)
+        except KeyboardInterrupt:
+            stop_db_thread_on_interrupt()
+            raise
 
     def debug(self) -> None:
         _off_db_thread(self._djat_debug)

@@ -27,6 +27,7 @@ from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
 from djasynctest._dbtools import connect_receivers, loop_running
+from djasynctest._diagnostics import stop_db_thread_on_interrupt
 from djasynctest._loop import ClassLoop, new_runner
 from djasynctest._routing import enter_routing, exit_routing
 
@@ -86,6 +87,10 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
         if db.is_current():
             # Called through super() from a hook already on D.
             return func(klass, *args, **kwargs)
+        if db.interrupted:
+            # Ctrl-C ended the run and, with the DB thread, the class's transaction;
+            # pytest still tears classes down.
+            return None
         if db.stopped and name == "doClassCleanups":
             # unittest calls doClassCleanups unguarded: run the class cleanups
             # here, but not Django's, which restores the connections of D.
@@ -98,10 +103,14 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
                 return func(klass, *args, **kwargs)
             finally:
                 _close_class_loop(klass)
-        if name == "setUpClass":
-            return _set_up_class(db, func, klass, *args, **kwargs)
-        if name == "tearDownClass":
-            return _tear_down_class(db, func, klass, *args, **kwargs)
+        try:
+            if name == "setUpClass":
+                return _set_up_class(db, func, klass, *args, **kwargs)
+            if name == "tearDownClass":
+                return _tear_down_class(db, func, klass, *args, **kwargs)
+        except KeyboardInterrupt:
+            stop_db_thread_on_interrupt()
+            raise
         try:
             return db.call(func, klass, *args, **kwargs)
         finally:

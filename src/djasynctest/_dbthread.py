@@ -46,6 +46,7 @@ class DBThread(Executor):
         self._lock = threading.Lock()  # orders _closed with the last jobs queued
         self._closed = False
         self.busy = False  # running a job now (read by diagnostics on other threads)
+        self.interrupted = False  # stopped because the run was interrupted (Ctrl-C)
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._work, name="djasynctest-db", daemon=True)
         self.thread.start()

@@ -302,6 +302,12 @@ def _stop_db_thread_work() -> str:
     if db is None or not db.busy:
         return ""
     stack = user_stack(sys._current_frames().get(db.thread.ident or 0))
+    interrupt_db_thread_queries()
+    return f"the DB thread (its queries were interrupted):\n{stack}"
+
+
+def interrupt_db_thread_queries() -> None:
+    """From another thread: interrupt the queries the DB thread's connections run now."""
     for connection in list(_db_thread_connections):
         raw = connection.connection
         # psycopg (cancel_safe, cancel) and sqlite3 (interrupt): safe from another thread.
@@ -311,7 +317,21 @@ def _stop_db_thread_work() -> str:
                 with contextlib.suppress(Exception):
                     stop()
                 break
-    return f"the DB thread (its queries were interrupted):\n{stack}"
+
+
+def stop_db_thread_on_interrupt() -> None:
+    """M, on KeyboardInterrupt: end the DB thread, rolling back and closing its connections.
+
+    Ctrl-C skips the class's tearDownClass, and the runner then drops (or
+    keeps) the test databases: neither can happen while the DB thread holds
+    them in a transaction.
+    """
+    db = running_db_thread()
+    if db is None or db.is_current() or db.stopped:
+        return
+    db.interrupted = True
+    interrupt_db_thread_queries()
+    db.stop(timeout=_INTERRUPT_GRACE)
 
 
 # --- Leaks ------------------------------------------------------------------------
