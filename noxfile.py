@@ -85,6 +85,16 @@ def _postgres_reachable(session: nox.Session) -> bool:
     return True
 
 
+def _skip_without_postgres(session: nox.Session) -> None:
+    message = (
+        "PostgreSQL is not reachable (PGHOST/PGUSER/PGPASSWORD, defaults "
+        "localhost/djasynctest/djasynctest): start it, or see .ci/run."
+    )
+    if os.environ.get("DJASYNCTEST_REQUIRE_POSTGRES"):
+        session.error(message)
+    session.skip(message)
+
+
 def _install(session: nox.Session, django: str, db: str) -> None:
     packages = [DJANGOS[django], "-e", ".", "-r", "tests/requirements.txt"]
     if db == "postgres":
@@ -98,13 +108,7 @@ def tests(session: nox.Session, django: str, db: str) -> None:
     """The library's test suite on one Python, one Django and one database."""
     _install(session, django, db)
     if db == "postgres" and not _postgres_reachable(session):
-        message = (
-            "PostgreSQL is not reachable (PGHOST/PGUSER/PGPASSWORD, defaults "
-            "localhost/djasynctest/djasynctest): start it, or see .ci/run."
-        )
-        if os.environ.get("DJASYNCTEST_REQUIRE_POSTGRES"):
-            session.error(message)
-        session.skip(message)
+        _skip_without_postgres(session)
     session.run(
         "python",
         "-W",
@@ -114,6 +118,17 @@ def tests(session: nox.Session, django: str, db: str) -> None:
         *session.posargs,
         env={"DJASYNCTEST_DB": db, "PYTHONDEVMODE": "1"},
     )
+
+
+@nox.session(python=ONE_PYTHON, tags=["ci"])
+@nox.parametrize("db", ["sqlite", "postgres"])
+def order(session: nox.Session, db: str) -> None:
+    """The library's and the example's suites, shuffled (five seeds) and reversed."""
+    _install(session, NEWEST_DJANGO, db)
+    session.install("-r", "examples/shop/requirements.txt")
+    if db == "postgres" and not _postgres_reachable(session):
+        _skip_without_postgres(session)
+    session.run("python", "tests/order.py", *session.posargs, env={"DJASYNCTEST_DB": db})
 
 
 @nox.session(python=None)

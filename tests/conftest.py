@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 pytest.register_assert_rewrite("tests.utils")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("djasynctest", "order of the library's tests (tests/order.py)")
+    group.addoption("--shuffle", type=int, metavar="SEED", help="run the tests in a random order")
+    group.addoption("--reverse", action="store_true", help="run the tests in reverse order")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Let the test cases that the tests build and run reach every test database.
 
     Each case manages its own transactions (that is what is under test), so the
@@ -15,6 +23,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if isinstance(item, pytest.Function) and item.cls is None:
             item.add_marker(pytest.mark.django_db(transaction=True, databases="__all__"))
+    seed = config.getoption("--shuffle")
+    if seed is not None:
+        random.Random(seed).shuffle(items)
+    if config.getoption("--reverse"):
+        items.reverse()
 
 
 # A user's project that tests/test_runners.py runs in subprocesses.

@@ -188,3 +188,33 @@ def test_failing_test_is_reported_the_same_by_every_runner(tmp_path: Path) -> No
     output = pytest_run.stdout + pytest_run.stderr
     assert pytest_run.returncode == 1, output
     assert re.search(r"^1 failed, 1 passed", output, re.MULTILINE), output
+
+
+def test_soak_of_5000_tests_in_two_workers_leaves_resources_flat(tmp_path: Path) -> None:
+    """Threads, file descriptors, server connections and memory after 5,000 tests."""
+    record = tmp_path / "samples.txt"
+    os.environ["SOAK_RECORD"] = str(record)
+    try:
+        process = run(
+            str(PROJECT / "manage.py"),
+            "test",
+            "--noinput",
+            "--parallel",
+            "2",
+            "tests.runnerproject.soak",
+        )
+    finally:
+        del os.environ["SOAK_RECORD"]
+    assert_unittest_ok(process, 5000)
+    samples: dict[int, list[list[int]]] = {}
+    for line in record.read_text().splitlines():
+        pid, *values = map(int, line.split())
+        samples.setdefault(pid, []).append(values)
+    assert len(samples) == 2, "both workers ran tests"
+    for runs in samples.values():
+        (first_run, threads, fds, rss, server), *_, (last_run, *last) = sorted(runs)
+        assert first_run == 100
+        assert last_run >= 2000, "each worker ran a fair share"
+        assert last[:2] == [threads, fds], (runs[0], runs[-1])
+        assert last[3] == server, "server connections"
+        assert last[2] - rss < 4_000, f"RSS grew by {last[2] - rss} KiB"
