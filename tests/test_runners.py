@@ -22,7 +22,7 @@ flags_once = pytest.mark.skipif(
 )
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command in the repository with only DJANGO_SETTINGS_MODULE set for Django."""
     env = {
         key: value
@@ -37,6 +37,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-W", "error", *args],
         cwd=ROOT,
         env=env,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=300,
@@ -157,9 +159,7 @@ def test_pytest_flags(flags: tuple[str, ...], count: int) -> None:
     assert re.search(rf"^{count} passed", output, re.MULTILINE), output
 
 
-@flags_once
-def test_failing_test_is_reported_the_same_by_every_runner(tmp_path: Path) -> None:
-    """A failure inside an async test: unittest's exit code and summary, pytest's."""
+def _failing_package(tmp_path: Path) -> Path:
     package = tmp_path / "failing"
     package.mkdir()
     (package / "__init__.py").write_text("import djasynctest  # noqa: F401\n")
@@ -168,23 +168,33 @@ def test_failing_test_is_reported_the_same_by_every_runner(tmp_path: Path) -> No
         "from tests.testapp.models import Item\n\n\n"
         "class Fails(AsyncTestCase):\n"
         "    async def test_fails(self):\n"
-        "        await Item.objects.acreate(name='x')\n"
-        "        self.assertEqual(await Item.objects.acount(), 2)\n\n"
+        "        marker = 'in the failing test'\n"
+        "        await Item.objects.acreate(name=marker)\n"
+        "        assert await Item.objects.acount() == 2\n\n"
         "    async def test_passes(self):\n"
         "        self.assertEqual(await Item.objects.acount(), 0)\n"
     )
+    return package
+
+
+@flags_once
+def test_failing_test_is_reported_the_same_by_every_runner(tmp_path: Path) -> None:
+    """A failure inside an async test: unittest's exit code and summary, pytest's."""
+    package = _failing_package(tmp_path)
     os.environ["PYTHONPATH"] = str(tmp_path)
     try:
         unit = run("-m", "unittest", "discover", "-s", str(package), "-t", str(tmp_path))
         manage = run(str(PROJECT / "manage.py"), "test", "--noinput", "failing")
-        pytest_run = run("-m", "pytest", str(package), "-p", "no:cacheprovider", "-q")
+        pytest_run = run(
+            "-m", "pytest", str(package), "-p", "no:cacheprovider", "-p", "no:asyncio", "-q"
+        )
     finally:
         del os.environ["PYTHONPATH"]
     for process in (unit, manage):
         output = process.stdout + process.stderr
         assert process.returncode == 1, output
         assert re.search(r"^FAILED \(failures=1\)$", output, re.MULTILINE), output
-        assert "AssertionError: 1 != 2" in output
+        assert "assert await Item.objects.acount() == 2" in output
     output = pytest_run.stdout + pytest_run.stderr
     assert pytest_run.returncode == 1, output
     assert re.search(r"^1 failed, 1 passed", output, re.MULTILINE), output
@@ -218,3 +228,52 @@ def test_soak_of_5000_tests_in_two_workers_leaves_resources_flat(tmp_path: Path)
         assert last[:2] == [threads, fds], (runs[0], runs[-1])
         assert last[3] == server, "server connections"
         assert last[2] - rss < 4_000, f"RSS grew by {last[2] - rss} KiB"
+
+
+@flags_once
+def test_pdb_stops_in_the_failing_async_test_frame(tmp_path: Path) -> None:
+    """manage.py test --pdb: the debugger opens on the test's own frame, with its locals."""
+    _failing_package(tmp_path)
+    os.environ["PYTHONPATH"] = str(tmp_path)
+    try:
+        process = run(
+            str(PROJECT / "manage.py"),
+            "test",
+            "--noinput",
+            "--pdb",
+            "failing",
+            stdin="where\np marker\ncontinue\n",
+        )
+    finally:
+        del os.environ["PYTHONPATH"]
+    output = process.stdout + process.stderr
+    assert "Opening PDB:" in output, output
+    assert "(Pdb) " in output, output
+    assert "'in the failing test'" in output, output
+    assert re.search(r"^> .*test_fails\.py\(\d+\)test_fails\(\)$", output, re.MULTILINE), output
+    assert process.returncode == 1, output
+
+
+@flags_once
+def test_pytest_last_failed_reruns_only_the_failing_async_test(tmp_path: Path) -> None:
+    package = _failing_package(tmp_path)
+    args = (
+        "-m",
+        "pytest",
+        str(package),
+        "-q",
+        "-p",
+        "no:asyncio",
+        "-o",
+        "addopts=",
+        "-o",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
+    os.environ["PYTHONPATH"] = str(tmp_path)
+    try:
+        first = run(*args)
+        again = run(*args, "--lf")
+    finally:
+        del os.environ["PYTHONPATH"]
+    assert re.search(r"^1 failed, 1 passed", first.stdout, re.MULTILINE), first.stdout
+    assert re.search(r"^1 failed, 1 deselected", again.stdout, re.MULTILINE), again.stdout

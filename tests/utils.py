@@ -32,7 +32,8 @@ def problems(result: unittest.TestResult) -> list[str]:
 def assert_passed(result: unittest.TestResult, count: int, *, skipped: int = 0) -> None:
     texts = problems(result)
     assert texts == [], "\n".join(texts)
-    assert result.testsRun == count
+    # Python 3.12.1 leaves tests skipped by a decorator out of testsRun.
+    assert result.testsRun in {count, count - skipped}
     assert len(result.skipped) == skipped
 
 

@@ -1,0 +1,2 @@
+# settings.py
+DJASYNCTEST = {"LOOP_SCOPE": "class"}

@@ -1,0 +1,229 @@
+"""The documentation's code samples are code that runs.
+
+Every Python sample in docs/ is a ``literalinclude`` of a file that is executed:
+the example project's tests (run by ``nox -s example``), its pytest-asyncio
+sample, or tests/docs_examples/ (run here). The README's sample is the example
+project's test module itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from djasynctest import AsyncTestCase
+from djasynctest._conf import options
+from tests.utils import assert_passed, run_case
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+EXECUTED = (ROOT / "tests" / "docs_examples", ROOT / "examples" / "shop" / "orders" / "tests")
+
+
+def _pages() -> list[Path]:
+    return sorted(path for path in DOCS.rglob("*.rst") if "_build" not in path.parts)
+
+
+def test_docs_show_python_only_from_files_that_run() -> None:
+    for page in _pages():
+        text = page.read_text()
+        assert ".. code-block:: python" not in text, f"{page}: use a literalinclude"
+        for include in re.findall(r"^\.\. literalinclude:: (\S+\.py)$", text, re.MULTILINE):
+            path = (page.parent / include).resolve()
+            assert path.is_file(), f"{page}: {include}"
+            assert any(path.is_relative_to(folder) for folder in EXECUTED), f"{page}: {include}"
+
+
+def test_readme_sample_is_the_example_projects_test_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    [sample] = re.findall(r"^```python\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    module = ROOT / "examples" / "shop" / "orders" / "tests" / "test_readme.py"
+    assert sample == module.read_text()
+
+
+def test_every_docs_example_module_is_run_here() -> None:
+    modules = {path.stem for path in (ROOT / "tests" / "docs_examples").glob("*.py")}
+    tested = {name.removeprefix("test_") for name in globals() if name.startswith("test_")}
+    assert modules - {"__init__"} <= tested, "add a test_<module> function below"
+
+
+def test_health_blocking() -> None:
+    from tests.docs_examples.health_blocking import HealthTests
+
+    [(_, text)] = run_case(HealthTests).failures
+    assert "djasynctest.LoopBlocked: The event loop was blocked for about" in text
+    # The lines the how-to's output shows are those of the file it includes.
+    page = (DOCS / "howto" / "find-blocking.rst").read_text()
+    shown = re.findall(r'test_health\.py", line (\d+), in (\w+)', page)
+    assert [function for _, function in shown] == [
+        "test_health",
+        "health",
+        "check_payment_provider",
+    ]
+    for line, function in shown:
+        assert f'health_blocking.py", line {line}, in {function}' in text, text
+
+
+def test_health_fixed() -> None:
+    from tests.docs_examples.health_fixed import HealthTests
+
+    assert_passed(run_case(HealthTests), 1)
+
+
+def test_options() -> None:
+    from tests.docs_examples import options as sample
+
+    assert options(sample.ReportTests).blocking_threshold == 0.5
+    with override_settings(DJASYNCTEST=sample.DJASYNCTEST):
+
+        class Default(sample.AsyncTestCase):  # type: ignore[name-defined]
+            pass
+
+        resolved = options(Default)
+    assert (resolved.blocking_threshold, resolved.blocking_mode) == (0.2, "warn")
+
+
+def test_project_settings() -> None:
+    from tests.docs_examples import project_settings
+
+    with override_settings(DJASYNCTEST=project_settings.DJASYNCTEST):
+        from djasynctest import AsyncTestCase
+
+        class Default(AsyncTestCase):
+            pass
+
+        assert options(Default).loop_scope == "class"
+
+
+def test_webhook_timeout() -> None:
+    from tests.docs_examples.webhook_timeout import WebhookTests
+
+    assert options(WebhookTests).timeout == 10
+    assert_passed(run_case(WebhookTests), 1)
+
+
+class _LoopBoundRedis:
+    """Stands in for redis.asyncio.Redis: bound to the loop it is first used on, as real
+    async clients are."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.data: dict[str, str] = {}
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif loop is not self.loop:
+            raise RuntimeError("Task got Future attached to a different loop")
+
+    async def ping(self) -> bool:
+        self._check()
+        return True
+
+    async def set(self, key: str, value: str) -> None:
+        self._check()
+        self.data[key] = value
+
+    async def get(self, key: str) -> str | None:
+        self._check()
+        return self.data.get(key)
+
+    async def aclose(self) -> None:
+        self._check()
+
+
+@pytest.fixture
+def fake_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    package = types.ModuleType("redis")
+    client = types.ModuleType("redis.asyncio")
+    client.Redis = _LoopBoundRedis  # type: ignore[attr-defined]
+    package.asyncio = client  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "redis", package)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", client)
+    monkeypatch.delitem(sys.modules, "tests.docs_examples.cache_clients", raising=False)
+
+
+def test_cache_clients(fake_redis: None) -> None:
+    sample: Any = importlib.import_module("tests.docs_examples.cache_clients")
+    assert_passed(run_case(sample.CacheTests), 2)
+
+    # The how-to's point: with a loop per test, a client kept between tests breaks.
+    class PerTestLoop(AsyncTestCase):
+        redis = _LoopBoundRedis()
+        test_set = sample.CacheTests.test_set
+        test_get = sample.CacheTests.test_get
+
+    result = run_case(PerTestLoop, "test_set", "test_get")
+    assert "attached to a different loop" in "".join(text for _, text in result.errors)
+
+
+def test_pytest_asyncio_sample_runs_under_pytest_asyncio() -> None:
+    """The how-to's pytest-asyncio "before" passes, next to its djasynctest "after"."""
+    shop = ROOT / "examples" / "shop"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_"))}
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            os.devnull,
+            "--rootdir",
+            str(shop),
+            "--ds",
+            "shop.settings",
+            "-p",
+            "asyncio",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_default_fixture_loop_scope=function",
+            "-q",
+            "orders/tests/pytest_asyncio_before.py",
+            # The how-to's claim: both styles run in one pytest session.
+            "orders/tests/test_from_pytest_asyncio.py",
+        ],
+        cwd=shop,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output
+    assert re.search(r"^2 passed", output, re.MULTILINE), output
+
+
+def test_postgres_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db.utils import ConnectionHandler
+
+    from tests.dbconfig import BACKEND
+
+    if BACKEND != "postgres":
+        pytest.skip("connects to PostgreSQL")
+    for name, variable in [("HOST", "PGHOST"), ("USER", "PGUSER"), ("PASSWORD", "PGPASSWORD")]:
+        monkeypatch.setenv(f"POSTGRES_{name}", os.environ.get(variable, "djasynctest"))
+    monkeypatch.setenv("POSTGRES_DB", "postgres")
+    sample = importlib.reload(importlib.import_module("tests.docs_examples.postgres_settings"))
+    assert sample.DJASYNCTEST == {"TIMEOUT": 120}
+    handler = ConnectionHandler(sample.DATABASES)
+    try:
+        with handler["default"].cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            assert cursor.fetchone() == ("10s",)
+            cursor.execute("SHOW statement_timeout")
+            assert cursor.fetchone() == ("1min",)
+    finally:
+        handler.close_all()
