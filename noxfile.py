@@ -11,8 +11,11 @@ instead, as CI does).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import zipfile
+from pathlib import Path
 
 import nox
 
@@ -129,6 +132,45 @@ def order(session: nox.Session, db: str) -> None:
     if db == "postgres" and not _postgres_reachable(session):
         _skip_without_postgres(session)
     session.run("python", "tests/order.py", *session.posargs, env={"DJASYNCTEST_DB": db})
+
+
+@nox.session(python=ONE_PYTHON, tags=["ci"])
+def release(session: nox.Session) -> None:
+    """Build the sdist and wheel; install the wheel in a clean venv; run a smoke test."""
+    session.install("build>=1.2")
+    tmp = Path(session.create_tmp()).resolve()
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    version = re.search(
+        r'^__version__ = "(.+)"$', Path("src/djasynctest/__init__.py").read_text(), re.MULTILINE
+    )
+    assert version is not None
+    wheel = dist / f"djasynctest-{version[1]}-py3-none-any.whl"
+    sdist = dist / f"djasynctest-{version[1]}.tar.gz"
+    if not (wheel.is_file() and sdist.is_file()):
+        session.error(f"expected {wheel.name} and {sdist.name} in {dist}")
+    with zipfile.ZipFile(wheel) as archive:
+        if "djasynctest/py.typed" not in archive.namelist():
+            session.error("the wheel has no py.typed")
+    clean = tmp / "clean-venv"
+    shutil.rmtree(clean, ignore_errors=True)
+    session.run("python", "-m", "venv", str(clean))
+    python = str(clean / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "-q", str(wheel), external=True)
+    session.run(python, "-c", "import djasynctest; print(djasynctest.__version__)", external=True)
+    session.chdir("tests/smoke")
+    session.run(
+        python,
+        "-W",
+        "error",
+        "-m",
+        "unittest",
+        "-v",
+        "test_smoke",
+        env={"DJANGO_SETTINGS_MODULE": "smoke_settings"},
+        external=True,
+    )
 
 
 @nox.session(python=None)

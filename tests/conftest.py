@@ -30,5 +30,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.reverse()
 
 
-# A user's project that tests/test_runners.py runs in subprocesses.
-collect_ignore = ["runnerproject"]
+# A user's project that tests/test_runners.py runs in subprocesses, and the
+# release smoke test, which nox -s release runs against the installed wheel.
+collect_ignore = ["runnerproject", "smoke"]
