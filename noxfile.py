@@ -226,5 +226,7 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=ONE_PYTHON, tags=["ci"])
 def typing(session: nox.Session) -> None:
     """mypy --strict with django-stubs, on the library and on typical users' code."""
-    session.install(DJANGOS["6.1"], "-e", ".", "mypy>=1.13", "django-stubs>=5.2")
+    session.install(
+        DJANGOS["6.1"], "-e", ".[live]", "mypy>=1.13", "django-stubs>=5.2", "httpx>=0.27"
+    )
     session.run("mypy", "src", "tests/typed_usage.py")

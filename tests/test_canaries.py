@@ -118,3 +118,20 @@ def test_django_class_cleanup_of_database_failures() -> None:
     assert "cls._class_cleanups.append((function, args, kwargs))" in source(
         unittest.TestCase.addClassCleanup
     )
+
+
+def test_uvicorn_protocols_as_the_live_server_makes_them() -> None:
+    """_live.LiveServer builds uvicorn's protocols as uvicorn.Server.startup() does."""
+    import uvicorn.server
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    startup = source(uvicorn.server.Server.startup)
+    assert "return config.http_protocol_class(" in startup
+    for argument in ("config=config,", "server_state=self.server_state,", "_loop=_loop,"):
+        assert argument in startup
+    assert "app_state=self.lifespan.state," in startup
+    state = uvicorn.server.ServerState()
+    assert state.connections == set()
+    assert state.tasks == set()
+    assert "def shutdown(self)" in source(H11Protocol)
+    assert "self.transport = transport" in source(H11Protocol.connection_made)

@@ -31,6 +31,7 @@ from tests.utils import assert_passed, leftover_rows, problems, run_case, thread
 
 def test_public_names() -> None:
     assert djasynctest.__all__ == (
+        "AsyncLiveServerTestCase",
         "AsyncSimpleTestCase",
         "AsyncTestCase",
         "AsyncTestMixin",

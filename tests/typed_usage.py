@@ -5,10 +5,18 @@ Not a test module: it is never run, only checked.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import httpx
 from django.contrib.auth.models import User
 from django.test import TestCase
 
-from djasynctest import AsyncTestCase, AsyncTestMixin, PendingTaskWarning
+from djasynctest import (
+    AsyncLiveServerTestCase,
+    AsyncTestCase,
+    AsyncTestMixin,
+    PendingTaskWarning,
+)
 from tests.testapp.models import Item, Order
 
 
@@ -55,3 +63,16 @@ class Mixed(AsyncTestMixin, TestCase):
     async def test_it(self) -> None:
         self.assertQuerySetEqual(Item.objects.all(), [])
         self.assertTrue(issubclass(PendingTaskWarning, Warning))
+
+
+class Live(AsyncLiveServerTestCase):
+    loop_scope = "class"
+    http: ClassVar[httpx.AsyncClient]
+
+    @classmethod
+    async def asyncSetUpClass(cls) -> None:
+        cls.http = httpx.AsyncClient(base_url=cls.live_server_url)
+
+    async def test_items(self) -> None:
+        response = await self.http.get("/items/")
+        self.assertEqual(response.json(), {"items": []})

@@ -21,10 +21,12 @@ from djasynctest._diagnostics import (  # noqa: E402
     PendingTaskWarning,
     TestTimeout,
 )
+from djasynctest._live import AsyncLiveServerTestCase  # noqa: E402
 
 __version__ = "0.1.0.dev0"
 
 __all__ = (
+    "AsyncLiveServerTestCase",
     "AsyncSimpleTestCase",
     "AsyncTestCase",
     "AsyncTestMixin",

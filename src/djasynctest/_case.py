@@ -263,10 +263,22 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if opts.task_creation_stacks:
             record_task_creation(loop)
         self.addCleanup(self._djat_check_leaks)
+        self._djat_before_hooks()
         if _overrides(self, "setUp", unittest.TestCase):
             self._djat_call(self.setUp)
         if _overrides(self, "asyncSetUp", unittest.IsolatedAsyncioTestCase):
             self._djat_call(self.asyncSetUp)
+
+    def _djat_before_hooks(self) -> None:
+        """M, in the test's context and transaction, before ``setUp``: for subclasses."""
+
+    @classmethod
+    async def _djat_class_started(cls) -> None:
+        """With ``loop_scope = "class"``: runs on its loop before ``asyncSetUpClass``."""
+
+    @classmethod
+    async def _djat_class_ending(cls) -> None:
+        """With ``loop_scope = "class"``: runs on its loop after ``asyncTearDownClass``."""
 
     def _callTestMethod(self, method: Callable[[], Any]) -> None:
         if self._djat_call(method) is not None:

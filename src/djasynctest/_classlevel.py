@@ -153,7 +153,7 @@ def _set_up_class(
             try:
                 result = _within_timeout(loop.run, loop.loop, call, klass, "setUpClass")
                 _within_timeout(
-                    loop.run, loop.loop, klass.asyncSetUpClass(), klass, "asyncSetUpClass"
+                    loop.run, loop.loop, _class_started(klass), klass, "asyncSetUpClass"
                 )
             except BaseException:
                 # Closing the loop first cancels what D may still wait for (an
@@ -166,6 +166,22 @@ def _set_up_class(
     # Until tearDownClass, a test's rollback may set the next test up.
     klass._djat_set_up = True
     return result
+
+
+async def _class_started(klass: Any) -> None:
+    await klass._djat_class_started()
+    try:
+        await klass.asyncSetUpClass()
+    except BaseException:
+        await klass._djat_class_ending()
+        raise
+
+
+async def _class_ending(klass: Any) -> None:
+    try:
+        await klass.asyncTearDownClass()
+    finally:
+        await klass._djat_class_ending()
 
 
 def _within_timeout(
@@ -244,7 +260,7 @@ def _tear_down_class(
         try:
             if loop is not None:
                 _within_timeout(
-                    loop.run, loop.loop, klass.asyncTearDownClass(), klass, "asyncTearDownClass"
+                    loop.run, loop.loop, _class_ending(klass), klass, "asyncTearDownClass"
                 )
         finally:
             db.call(_undo_unused_pre_setup, unused)

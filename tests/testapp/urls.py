@@ -14,4 +14,5 @@ urlpatterns = [
     path("go/", views.go_to_items),
     path("health/slow/", views.slow_health),
     path("health/slow-sync/", views.slow_sync_health),
+    path("items/events/", views.item_events),
 ]

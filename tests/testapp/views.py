@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.mail import send_mail
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 
 from tests.testapp.models import Item, Order
@@ -79,3 +81,19 @@ def slow_sync_health(request: HttpRequest) -> JsonResponse:
     """The same in a sync view: it runs on the DB thread and leaves the loop free."""
     time.sleep(float(request.GET.get("seconds", "0.3")))
     return JsonResponse({"status": "ok"})
+
+
+async def item_events(request: HttpRequest) -> StreamingHttpResponse:
+    """Server-sent events: the number of items now, then each time it changes (``limit`` events)."""
+    limit = int(request.GET.get("limit", "2"))
+
+    async def stream() -> AsyncIterator[str]:
+        last = await Item.objects.acount()
+        yield f"data: {last}\n\n"
+        for _ in range(limit - 1):
+            while (count := await Item.objects.acount()) == last:
+                await asyncio.sleep(0.005)
+            last = count
+            yield f"data: {count}\n\n"
+
+    return StreamingHttpResponse(stream(), content_type="text/event-stream")

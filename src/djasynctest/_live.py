@@ -1,0 +1,215 @@
+"""AsyncLiveServerTestCase: a real ASGI server on the test's own event loop.
+
+Django's ``LiveServerTestCase`` serves from another thread, with another
+database connection, so it must flush the database after every test. Here the
+server (uvicorn's HTTP protocol, in-process) runs on the event loop of the test
+(or of the class, with ``loop_scope = "class"``), in its context: each request
+it serves is a task of that loop, whose thread-sensitive work (Django's ORM,
+sessions, auth) goes to the DB thread like the test's own, inside the test's
+transaction. Rows the test makes are seen by the requests, rows the requests
+make are seen by the test, and all of them are rolled back after it.
+
+The server is uvicorn's protocol on ``loop.create_server``, not
+``uvicorn.Server``, whose main loop wakes every 0.1 s and whose shutdown sleeps
+0.1 s: starting and stopping the server here costs well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, ClassVar
+
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from django.test.utils import modify_settings
+from django.utils.module_loading import import_string
+
+from djasynctest._case import AsyncTestCase
+
+__unittest = True
+
+# How long a request in flight at the end of a test may take to finish.
+_SETTLE_GRACE = 1.0
+# How long stop() waits for the connections to close once their requests are ended.
+_STOP_TIMEOUT = 5.0
+_servers_running = 0
+
+
+def _keep_connections_open() -> None:
+    """While a live server runs, requests must not close the DB thread's connections.
+
+    Django closes a connection at the start and end of each request when its
+    autocommit differs from the settings', which is always so inside a test's
+    transaction; its test client disconnects that handler around the requests
+    it makes, and so does the live server, for as long as it runs.
+    """
+    global _servers_running
+    _servers_running += 1
+    if _servers_running == 1:
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+
+
+def _allow_closing_connections() -> None:
+    global _servers_running
+    _servers_running -= 1
+    if _servers_running == 0:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+def _uvicorn() -> Any:
+    try:
+        import uvicorn
+        import uvicorn.server
+    except ImportError as exc:
+        msg = (
+            "AsyncLiveServerTestCase serves with uvicorn, which is not installed: "
+            "pip install 'djasynctest[live]'."
+        )
+        raise ImproperlyConfigured(msg) from exc
+    return uvicorn
+
+
+class LiveServer:
+    """An HTTP server for ``app`` on a free port of ``host``, on the running event loop."""
+
+    def __init__(self, app: Any, host: str) -> None:
+        uvicorn = _uvicorn()
+        self.config = uvicorn.Config(app, host=host, lifespan="off", log_level="warning")
+        self.config.load()
+        self.state = uvicorn.server.ServerState()
+        self.socket = socket.create_server((host, 0))
+        self.host = host
+        self.port: int = self.socket.getsockname()[1]
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config, state = self.config, self.state
+
+        def protocol() -> asyncio.Protocol:
+            # As uvicorn.Server.startup() makes its protocols.
+            return config.http_protocol_class(  # type: ignore[no-any-return]
+                config=config, server_state=state, app_state={}, _loop=loop
+            )
+
+        try:
+            self._server = await loop.create_server(protocol, sock=self.socket)
+        except BaseException:
+            self.socket.close()
+            raise
+        _keep_connections_open()
+
+    async def settle(self) -> None:
+        """Let the requests in flight finish, within a grace; cancel those that do not.
+
+        A client has its response before the server's task ends (Django still
+        sends ``request_finished``); a stream the test stopped reading never
+        ends. Either way no request may run on into the next test.
+        """
+        tasks = list(self.state.tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=_SETTLE_GRACE)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop listening, end the requests still served and close every connection."""
+        server, self._server = self._server, None
+        if server is None:
+            self.socket.close()
+            return
+        try:
+            server.close()
+            for connection in list(self.state.connections):
+                connection.shutdown()
+            await self.settle()
+            for connection in list(self.state.connections):
+                connection.transport.close()
+            await asyncio.wait_for(server.wait_closed(), _STOP_TIMEOUT)
+        finally:
+            _allow_closing_connections()
+
+
+class AsyncLiveServerTestCase(AsyncTestCase):
+    """:class:`AsyncTestCase` with a live ASGI server at ``self.live_server_url``.
+
+    The server runs on the test's event loop (one per test) or, with
+    ``loop_scope = "class"``, on the class's (one per class, running before
+    ``asyncSetUpClass``); its requests see the test's rows and are rolled back
+    with them. Use an async client (``httpx.AsyncClient``, a browser driven
+    through an async API): a blocking client would hold the very loop that
+    serves it. Needs uvicorn (``pip install 'djasynctest[live]'``).
+    """
+
+    #: The interface the server listens on; its port is a free one.
+    host: ClassVar[str] = "127.0.0.1"
+    #: The ASGI application (or its dotted path); ``None``: Django's own,
+    #: ``django.core.asgi.get_asgi_application()``.
+    asgi_application: ClassVar[Any] = None
+    #: Serve ``STATIC_URL`` from the static files finders, as ``StaticLiveServerTestCase``
+    #: does, when ``django.contrib.staticfiles`` is installed.
+    serve_static: ClassVar[bool] = True
+
+    #: ``http://host:port`` of the server, from ``asyncSetUp`` (from ``asyncSetUpClass``
+    #: with ``loop_scope = "class"``) until the test's (the class's) end.
+    live_server_url: str
+
+    _djat_live_server: ClassVar[LiveServer | None] = None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        _uvicorn()  # a missing extra fails the class, before any test
+        cls.enterClassContext(modify_settings(ALLOWED_HOSTS={"append": cls.host}))
+
+    @classmethod
+    def _djat_asgi_application(cls) -> Any:
+        app = cls.asgi_application
+        if isinstance(app, str):
+            app = import_string(app)
+        if app is None:
+            from django.core.asgi import get_asgi_application
+
+            app = get_asgi_application()
+        if cls.serve_static and apps.is_installed("django.contrib.staticfiles"):
+            from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+            app = ASGIStaticFilesHandler(app)
+        return app
+
+    @classmethod
+    async def _djat_class_started(cls) -> None:
+        server = LiveServer(cls._djat_asgi_application(), cls.host)
+        await server.start()
+        cls._djat_live_server = server
+        cls.live_server_url = server.url
+
+    @classmethod
+    async def _djat_class_ending(cls) -> None:
+        server = cls.__dict__.get("_djat_live_server")
+        if server is not None:
+            cls._djat_live_server = None
+            await server.stop()
+
+    def _djat_before_hooks(self) -> None:
+        class_server = type(self).__dict__.get("_djat_live_server")
+        if class_server is not None:
+            # The class's server, on the class's loop: its requests end with the test.
+            self.addCleanup(class_server.settle)
+            return
+        server = LiveServer(self._djat_asgi_application(), self.host)
+        self._djat_call(server.start)
+        self.live_server_url = server.url
+        # Runs before the leak check: the server's own tasks are not the test's leaks.
+        self.addCleanup(server.stop)
