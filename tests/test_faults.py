@@ -289,19 +289,19 @@ class CleanAfterwards(AsyncTestCase):
         self.seen.append(await Item.objects.acount())
 
 
+def run_then_a_clean_class(*tests: unittest.TestCase | unittest.TestSuite) -> unittest.TestResult:
+    """Run ``tests``, then a class of its own whose test records how many rows it sees."""
+    CleanAfterwards.seen = []
+    result = unittest.TestResult()
+    unittest.TestSuite([*tests, CleanAfterwards("test_sees_no_rows")]).run(result)
+    return result
+
+
 @pytest.mark.parametrize(("hook", "fault"), CLASS_CASES, ids=[" ".join(c) for c in CLASS_CASES])
 def test_class_level_fault_is_reported_and_the_class_rolled_back(hook: str, fault: str) -> None:
     ran: list[str] = []
     faulty = faulty_class(hook, fault, ran)
-    CleanAfterwards.seen = []
-    suite = unittest.TestSuite(
-        [
-            unittest.defaultTestLoader.loadTestsFromTestCase(faulty),
-            CleanAfterwards("test_sees_no_rows"),
-        ]
-    )
-    result = unittest.TestResult()
-    suite.run(result)
+    result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(faulty))
 
     set_up_fails = hook in ("setUpClass", "setUpTestData", "async setUpTestData", "asyncSetUpClass")
     assert ran == ([] if set_up_fails else ["test_it"])
@@ -350,10 +350,7 @@ def test_bad_class_input_fails_the_class_with_the_cause_and_nothing_runs(
         ran.append("test_it")
 
     Bad = type("Bad", (AsyncTestCase,), {"__module__": __name__, "test_it": test_it, **attrs})
-    CleanAfterwards.seen = []
-    suite = unittest.TestSuite([Bad("test_it"), CleanAfterwards("test_sees_no_rows")])
-    result = unittest.TestResult()
-    suite.run(result)
+    result = run_then_a_clean_class(Bad("test_it"))
     [(case, text)] = result.errors
     assert str(case) == "setUpClass (tests.test_faults.Bad)"
     assert message in text, text
@@ -378,10 +375,7 @@ def test_db_thread_that_stops_fails_its_class_clearly_and_the_next_class_runs() 
             db_thread().stop(timeout=5)  # as if the thread had died
             await Item.objects.acount()
 
-    CleanAfterwards.seen = []
-    suite = unittest.TestSuite([Stops("test_it"), CleanAfterwards("test_sees_no_rows")])
-    result = unittest.TestResult()
-    suite.run(result)
+    result = run_then_a_clean_class(Stops("test_it"))
 
     assert not first.thread.is_alive()
     assert db_thread() is not first
@@ -435,15 +429,7 @@ def test_terminated_backend_fails_clearly_and_the_next_class_reconnects() -> Non
         async def test_2_after(self) -> None:
             raise AssertionError("must not run without the class's data")
 
-    CleanAfterwards.seen = []
-    suite = unittest.TestSuite(
-        [
-            unittest.defaultTestLoader.loadTestsFromTestCase(Terminated),
-            CleanAfterwards("test_sees_no_rows"),
-        ]
-    )
-    result = unittest.TestResult()
-    suite.run(result)
+    result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(Terminated))
 
     errors = {case.id().rsplit(".", 1)[-1]: text for case, text in result.errors}
     assert not result.failures

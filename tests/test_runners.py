@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,16 @@ EXPECTED_TESTS = 106  # tests/runnerproject/cases/test_orders.py
 flags_once = pytest.mark.skipif(
     BACKEND != "sqlite", reason="runner flags are tested on SQLite in memory"
 )
+
+
+@contextlib.contextmanager
+def importable(folder: Path) -> Iterator[None]:
+    """Let the processes that run() starts import packages from ``folder``."""
+    os.environ["PYTHONPATH"] = str(folder)
+    try:
+        yield
+    finally:
+        del os.environ["PYTHONPATH"]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -181,15 +193,12 @@ def _failing_package(tmp_path: Path) -> Path:
 def test_failing_test_is_reported_the_same_by_every_runner(tmp_path: Path) -> None:
     """A failure inside an async test: unittest's exit code and summary, pytest's."""
     package = _failing_package(tmp_path)
-    os.environ["PYTHONPATH"] = str(tmp_path)
-    try:
+    with importable(tmp_path):
         unit = run("-m", "unittest", "discover", "-s", str(package), "-t", str(tmp_path))
         manage = run(str(PROJECT / "manage.py"), "test", "--noinput", "failing")
         pytest_run = run(
             "-m", "pytest", str(package), "-p", "no:cacheprovider", "-p", "no:asyncio", "-q"
         )
-    finally:
-        del os.environ["PYTHONPATH"]
     for process in (unit, manage):
         output = process.stdout + process.stderr
         assert process.returncode == 1, output
@@ -234,8 +243,7 @@ def test_soak_of_5000_tests_in_two_workers_leaves_resources_flat(tmp_path: Path)
 def test_pdb_stops_in_the_failing_async_test_frame(tmp_path: Path) -> None:
     """manage.py test --pdb: the debugger opens on the test's own frame, with its locals."""
     _failing_package(tmp_path)
-    os.environ["PYTHONPATH"] = str(tmp_path)
-    try:
+    with importable(tmp_path):
         process = run(
             str(PROJECT / "manage.py"),
             "test",
@@ -244,8 +252,6 @@ def test_pdb_stops_in_the_failing_async_test_frame(tmp_path: Path) -> None:
             "failing",
             stdin="where\np marker\ncontinue\n",
         )
-    finally:
-        del os.environ["PYTHONPATH"]
     output = process.stdout + process.stderr
     assert "Opening PDB:" in output, output
     assert "(Pdb) " in output, output
@@ -269,11 +275,8 @@ def test_pytest_last_failed_reruns_only_the_failing_async_test(tmp_path: Path) -
         "-o",
         f"cache_dir={tmp_path / 'cache'}",
     )
-    os.environ["PYTHONPATH"] = str(tmp_path)
-    try:
+    with importable(tmp_path):
         first = run(*args)
         again = run(*args, "--lf")
-    finally:
-        del os.environ["PYTHONPATH"]
     assert re.search(r"^1 failed, 1 passed", first.stdout, re.MULTILINE), first.stdout
     assert re.search(r"^1 failed, 1 deselected", again.stdout, re.MULTILINE), again.stdout
