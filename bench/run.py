@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from asgiref.sync import sync_to_async  # noqa: E402
 from django.test.utils import setup_databases, setup_test_environment  # noqa: E402
 
 import djasynctest  # noqa: E402
-from djasynctest import AsyncTestCase  # noqa: E402
+from djasynctest import AsyncLiveServerTestCase, AsyncTestCase  # noqa: E402
 from djasynctest._dbthread import db_thread  # noqa: E402
 from djasynctest._diagnostics import Deadline, LoopWatch  # noqa: E402
 from djasynctest._routing import enter_routing, exit_routing  # noqa: E402
@@ -166,6 +167,58 @@ def per_test_costs(count: int, rounds: int) -> dict[str, dict[str, float]]:
     for (kind, flavour), cost in best.items():
         table.setdefault(kind, {})[flavour] = cost
     return table
+
+
+def live_server_costs(count: int, rounds: int) -> dict[str, float]:
+    """One GET of an async view through a real server, per test, in each live-server flavour.
+
+    Django's LiveServerTestCase serves from a thread of its own and flushes the
+    database after each test; AsyncLiveServerTestCase serves on the test's loop,
+    inside its transaction. The sync TestCase's test-client GET is the reference.
+    """
+    import httpx
+
+    def sync_get(self: Any) -> None:
+        with urllib.request.urlopen(self.live_server_url + "/items/") as response:
+            assert response.status == 200
+
+    async def async_get(self: Any) -> None:
+        async with httpx.AsyncClient(base_url=self.live_server_url, verify=False) as http:
+            assert (await http.get("/items/")).status_code == 200
+
+    @classmethod  # type: ignore[misc]
+    async def class_client(cls: Any) -> None:
+        cls.http = httpx.AsyncClient(base_url=cls.live_server_url, verify=False)
+
+    @classmethod  # type: ignore[misc]
+    async def close_client(cls: Any) -> None:
+        await cls.http.aclose()
+
+    async def class_get(self: Any) -> None:
+        assert (await self.http.get("/items/")).status_code == 200
+
+    flavours = {
+        "TestCase, test client (sync)": (django.test.TestCase, bodies("client", False)),
+        "LiveServerTestCase (sync, urllib)": (django.test.LiveServerTestCase, {"test": sync_get}),
+        "AsyncLiveServerTestCase, loop per test": (AsyncLiveServerTestCase, {"test": async_get}),
+        "AsyncLiveServerTestCase, loop per class": (
+            AsyncLiveServerTestCase,
+            {
+                "loop_scope": "class",
+                "asyncSetUpClass": class_client,
+                "asyncTearDownClass": close_client,
+                "test": class_get,
+            },
+        ),
+    }
+    classes = {name: make_class(base, attrs, count) for name, (base, attrs) in flavours.items()}
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, case in classes.items():
+            gc.collect()
+            cost = run_suite(case)
+            best[name] = min(cost, best.get(name, cost))
+    return best
 
 
 def hop_costs(count: int) -> dict[str, float]:
@@ -345,6 +398,12 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"\n{kind}:")
         for flavour, cost in costs.items():
             print(f"  {flavour:32} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
+    if "live_server" in results:
+        costs = results["live_server"]
+        base = costs["TestCase, test client (sync)"]
+        print("\nLive server, one GET per test (100 tests per class):")
+        for flavour, cost in costs.items():
+            print(f"  {flavour:40} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
     print("\nOne thread hop:")
     stock = results["hops"]["stock sync_to_async, from a loop"]
     for name, cost in results["hops"].items():
@@ -388,6 +447,7 @@ def main() -> None:
             "database": BACKEND,
         },
         "per_test": per_test_costs(options.tests, options.rounds),
+        "live_server": live_server_costs(min(options.tests, 100), options.rounds),
         "hops": hop_costs(2000),
         "diagnostics": diagnostics_overhead(options.tests, options.rounds),
     }

@@ -135,3 +135,19 @@ def test_uvicorn_protocols_as_the_live_server_makes_them() -> None:
     assert state.tasks == set()
     assert "def shutdown(self)" in source(H11Protocol)
     assert "self.transport = transport" in source(H11Protocol.connection_made)
+
+
+def test_asgiref_routes_thread_sensitive_calls_by_loop() -> None:
+    """_routing.route_loop registers the DB thread for tasks of a context of their own."""
+    assert isinstance(AsyncToSync.loop_thread_executors, dict)
+    body = source(SyncToAsync.__call__)
+    assert "elif loop in AsyncToSync.loop_thread_executors:" in body
+    assert "executor = AsyncToSync.loop_thread_executors[loop]" in body
+
+
+def test_django_closes_obsolete_connections_through_one_method() -> None:
+    """_dbtools.keep_test_transactions guards this method on the DB thread's connections."""
+    import django.db
+
+    assert "conn.close_if_unusable_or_obsolete()" in source(django.db.close_old_connections)
+    assert "atomic._from_testcase = True" in source(django.test.TestCase._enter_atomics)

@@ -28,7 +28,7 @@ def test_requests_see_the_tests_rows_and_everything_is_rolled_back() -> None:
 
     class Live(AsyncLiveServerTestCase):
         async def asyncSetUp(self) -> None:
-            self.http = httpx.AsyncClient(base_url=self.live_server_url)
+            self.http = httpx.AsyncClient(verify=False, base_url=self.live_server_url)
             self.addAsyncCleanup(self.http.aclose)
 
         async def test_1_rows_both_ways(self) -> None:
@@ -63,9 +63,11 @@ def test_logged_in_user_reaches_a_login_required_view() -> None:
             item = await Item.objects.acreate(name="pen")
             await self.async_client.aforce_login(user)
             cookies = {key: morsel.value for key, morsel in self.async_client.cookies.items()}
-            async with httpx.AsyncClient(base_url=self.live_server_url, cookies=cookies) as http:
+            async with httpx.AsyncClient(
+                verify=False, base_url=self.live_server_url, cookies=cookies
+            ) as http:
                 statuses.append((await http.post("/orders/", data={"item": item.pk})).status_code)
-            async with httpx.AsyncClient(base_url=self.live_server_url) as anonymous:
+            async with httpx.AsyncClient(verify=False, base_url=self.live_server_url) as anonymous:
                 statuses.append((await anonymous.get("/orders/")).status_code)
             self.assertEqual(await Order.objects.filter(user=user).acount(), 1)
 
@@ -80,7 +82,7 @@ def test_server_sent_events_stream_sees_rows_made_while_it_runs() -> None:
     class Stream(AsyncLiveServerTestCase):
         async def test_stream(self) -> None:
             async with (
-                httpx.AsyncClient(base_url=self.live_server_url) as http,
+                httpx.AsyncClient(verify=False, base_url=self.live_server_url) as http,
                 http.stream("GET", "/items/events/?limit=2") as response,
             ):
                 lines = response.aiter_lines()
@@ -99,7 +101,7 @@ def test_static_files_are_served() -> None:
 
     class Static(AsyncLiveServerTestCase):
         async def test_css(self) -> None:
-            async with httpx.AsyncClient(base_url=self.live_server_url) as http:
+            async with httpx.AsyncClient(verify=False, base_url=self.live_server_url) as http:
                 bodies.append((await http.get("/static/testapp/site.css")).text)
 
     assert_passed(run_case(Static), 1)
@@ -116,7 +118,7 @@ def test_class_loop_runs_one_server_for_the_class() -> None:
 
         @classmethod
         async def asyncSetUpClass(cls) -> None:
-            cls.http = httpx.AsyncClient(base_url=cls.live_server_url)
+            cls.http = httpx.AsyncClient(verify=False, base_url=cls.live_server_url)
             urls.append(cls.live_server_url)
 
         @classmethod
@@ -147,7 +149,7 @@ def test_server_stops_cleanly_when_a_test_fails_or_times_out() -> None:
 
         async def test_1_fails_mid_stream(self) -> None:
             urls.append(self.live_server_url)
-            http = httpx.AsyncClient(base_url=self.live_server_url)
+            http = httpx.AsyncClient(verify=False, base_url=self.live_server_url)
             self.addAsyncCleanup(http.aclose)
             async with http.stream("GET", "/items/events/?limit=5") as response:
                 await anext(response.aiter_lines())
@@ -156,14 +158,14 @@ def test_server_stops_cleanly_when_a_test_fails_or_times_out() -> None:
         async def test_2_times_out_mid_stream(self) -> None:
             urls.append(self.live_server_url)
             async with (
-                httpx.AsyncClient(base_url=self.live_server_url) as http,
+                httpx.AsyncClient(verify=False, base_url=self.live_server_url) as http,
                 http.stream("GET", "/items/events/?limit=5") as response,
             ):
                 async for _ in response.aiter_lines():
                     pass
 
         async def test_3_next(self) -> None:
-            async with httpx.AsyncClient(base_url=self.live_server_url) as http:
+            async with httpx.AsyncClient(verify=False, base_url=self.live_server_url) as http:
                 self.assertEqual((await http.get("/items/")).json(), {"items": []})
 
     with warnings_as_errors():
@@ -208,7 +210,7 @@ def test_missing_uvicorn_fails_the_class_and_names_the_extra(
 def test_asyncio_tasks_of_requests_are_not_reported_as_leaks() -> None:
     class Quiet(AsyncLiveServerTestCase):
         async def test_request(self) -> None:
-            async with httpx.AsyncClient(base_url=self.live_server_url) as http:
+            async with httpx.AsyncClient(verify=False, base_url=self.live_server_url) as http:
                 await http.get("/items/")
             await asyncio.sleep(0)
 
@@ -226,3 +228,22 @@ def test_live_server_case_is_an_async_test_case(scope: str) -> None:
 
     assert isinstance(Plain("test_it"), unittest.IsolatedAsyncioTestCase)
     assert_passed(run_case(Plain), 1)
+
+
+def test_connections_send_without_delay() -> None:
+    """TCP_NODELAY on the server's connections: a kept-alive connection would otherwise
+    wait out the client's delayed ACK (40 ms) on each response."""
+    flags: list[int] = []
+
+    class KeepAlive(AsyncLiveServerTestCase):
+        async def test_it(self) -> None:
+            async with httpx.AsyncClient(verify=False, base_url=self.live_server_url) as http:
+                await http.get("/items/")
+                server = self._djat_live_server
+                assert server is not None
+                for connection in server.state.connections:
+                    sock = connection.transport.get_extra_info("socket")
+                    flags.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    assert_passed(run_case(KeepAlive), 1)
+    assert flags == [1]

@@ -71,7 +71,7 @@ class Live(AsyncLiveServerTestCase):
 
     @classmethod
     async def asyncSetUpClass(cls) -> None:
-        cls.http = httpx.AsyncClient(base_url=cls.live_server_url)
+        cls.http = httpx.AsyncClient(verify=False, base_url=cls.live_server_url)
 
     async def test_items(self) -> None:
         response = await self.http.get("/items/")

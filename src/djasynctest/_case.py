@@ -81,7 +81,7 @@ from djasynctest._diagnostics import (
     stop_db_thread_on_interrupt,
     watch_connections,
 )
-from djasynctest._loop import ClassLoop, new_runner
+from djasynctest._loop import ClassLoop, close_runner, new_runner
 from djasynctest._routing import enter_routing, exit_routing
 
 __unittest = True
@@ -221,8 +221,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._asyncioRunner = class_loop.runner
             self._asyncioTestContext = class_loop.context.copy()
             return
+        # Makes the loop now, while D works.
         self._asyncioRunner = new_runner(debug=opts.loop_debug, loop_factory=self.loop_factory)
-        self._asyncioRunner.get_loop()  # makes the loop now, while D works
 
     def _djat_run_pre_setup(self) -> None:
         # D.
@@ -327,7 +327,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._asyncioRunner = None
             class_loop = type(self).__dict__.get("_djat_class_loop")
             if class_loop is None or runner is not class_loop.runner:
-                runner.close()
+                close_runner(runner)
 
     def __del__(self) -> None:
         # IsolatedAsyncioTestCase closes a runner left behind; ours never is.

@@ -28,7 +28,7 @@ from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
 from djasynctest._dbtools import connect_receivers, loop_running
 from djasynctest._diagnostics import Deadline, stop_db_thread_on_interrupt
-from djasynctest._loop import ClassLoop, new_runner
+from djasynctest._loop import ClassLoop, close_runner, new_runner
 from djasynctest._routing import enter_routing, exit_routing
 
 __unittest = True
@@ -144,8 +144,11 @@ def _set_up_class(
     call = _on_db_thread_from_loop(db, set_up, klass, *args, **kwargs)
     try:
         if opts.loop_scope == "test":
-            with new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory) as runner:
+            runner = new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory)
+            try:
                 result = _within_timeout(runner.run, runner.get_loop(), call, klass, "setUpClass")
+            finally:
+                close_runner(runner)
         else:
             loop = klass._djat_class_loop = ClassLoop(
                 db, debug=opts.loop_debug, loop_factory=klass.loop_factory

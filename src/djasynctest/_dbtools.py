@@ -84,6 +84,31 @@ def update_db_thread_time_zone(*, setting: str, **kwargs: Any) -> None:
         db.call(update_connections_time_zone, setting=setting, **kwargs)
 
 
+def keep_test_transactions(*, connection: Any, **kwargs: Any) -> None:
+    """``connection_created`` receiver: a request must not end the test's transaction.
+
+    Django's ``close_old_connections`` (run by ``request_started`` and
+    ``request_finished``, and directly by channels' ``database_sync_to_async``)
+    closes a connection whose autocommit differs from its settings, which is
+    always so inside a test's transaction. Django's test client disconnects it
+    around its requests; requests served by a live server, and consumers, run it
+    all the same. So on the DB thread's connections, while a test case's atomic
+    is open, closing an "obsolete" connection is left out, as if the request had
+    come through the test client.
+    """
+    db = running_db_thread()
+    if db is None or not db.is_current() or getattr(connection, "_djat_keeps", False):
+        return
+    close_if_obsolete = connection.close_if_unusable_or_obsolete
+
+    def close_unless_in_a_test_transaction() -> None:
+        if not any(getattr(atomic, "_from_testcase", False) for atomic in connection.atomic_blocks):
+            close_if_obsolete()
+
+    connection.close_if_unusable_or_obsolete = close_unless_in_a_test_transaction
+    connection._djat_keeps = True
+
+
 def connect_receivers() -> None:
     from django.db.backends.signals import connection_created
 
@@ -91,6 +116,7 @@ def connect_receivers() -> None:
 
     setting_changed.connect(update_db_thread_time_zone, dispatch_uid=__name__)
     connection_created.connect(on_connection_created, dispatch_uid=__name__)
+    connection_created.connect(keep_test_transactions, dispatch_uid=f"{__name__}.keep")
 
 
 class OnDBThread(Generic[T]):

@@ -22,8 +22,6 @@ from typing import Any, ClassVar
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.test.utils import modify_settings
 from django.utils.module_loading import import_string
 
@@ -35,30 +33,6 @@ __unittest = True
 _SETTLE_GRACE = 1.0
 # How long stop() waits for the connections to close once their requests are ended.
 _STOP_TIMEOUT = 5.0
-_servers_running = 0
-
-
-def _keep_connections_open() -> None:
-    """While a live server runs, requests must not close the DB thread's connections.
-
-    Django closes a connection at the start and end of each request when its
-    autocommit differs from the settings', which is always so inside a test's
-    transaction; its test client disconnects that handler around the requests
-    it makes, and so does the live server, for as long as it runs.
-    """
-    global _servers_running
-    _servers_running += 1
-    if _servers_running == 1:
-        request_started.disconnect(close_old_connections)
-        request_finished.disconnect(close_old_connections)
-
-
-def _allow_closing_connections() -> None:
-    global _servers_running
-    _servers_running -= 1
-    if _servers_running == 0:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
 
 
 def _uvicorn() -> Any:
@@ -74,6 +48,23 @@ def _uvicorn() -> Any:
     return uvicorn
 
 
+def _listening_socket(host: str) -> socket.socket:
+    # IPPROTO_TCP, not socket.create_server()'s 0: asyncio sets TCP_NODELAY only on
+    # the connections of a socket made so, and without it a kept-alive connection
+    # waits out the client's delayed ACK (40 ms) on every response.
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, 0, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class LiveServer:
     """An HTTP server for ``app`` on a free port of ``host``, on the running event loop."""
 
@@ -82,7 +73,7 @@ class LiveServer:
         self.config = uvicorn.Config(app, host=host, lifespan="off", log_level="warning")
         self.config.load()
         self.state = uvicorn.server.ServerState()
-        self.socket = socket.create_server((host, 0))
+        self.socket = _listening_socket(host)
         self.host = host
         self.port: int = self.socket.getsockname()[1]
         self._server: asyncio.Server | None = None
@@ -106,7 +97,6 @@ class LiveServer:
         except BaseException:
             self.socket.close()
             raise
-        _keep_connections_open()
 
     async def settle(self) -> None:
         """Let the requests in flight finish, within a grace; cancel those that do not.
@@ -129,16 +119,13 @@ class LiveServer:
         if server is None:
             self.socket.close()
             return
-        try:
-            server.close()
-            for connection in list(self.state.connections):
-                connection.shutdown()
-            await self.settle()
-            for connection in list(self.state.connections):
-                connection.transport.close()
-            await asyncio.wait_for(server.wait_closed(), _STOP_TIMEOUT)
-        finally:
-            _allow_closing_connections()
+        server.close()
+        for connection in list(self.state.connections):
+            connection.shutdown()
+        await self.settle()
+        for connection in list(self.state.connections):
+            connection.transport.close()
+        await asyncio.wait_for(server.wait_closed(), _STOP_TIMEOUT)
 
 
 class AsyncLiveServerTestCase(AsyncTestCase):
@@ -165,7 +152,8 @@ class AsyncLiveServerTestCase(AsyncTestCase):
     #: with ``loop_scope = "class"``) until the test's (the class's) end.
     live_server_url: str
 
-    _djat_live_server: ClassVar[LiveServer | None] = None
+    # The running server: on the class with loop_scope = "class", else on the test.
+    _djat_live_server: LiveServer | None = None
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -208,7 +196,7 @@ class AsyncLiveServerTestCase(AsyncTestCase):
             # The class's server, on the class's loop: its requests end with the test.
             self.addCleanup(class_server.settle)
             return
-        server = LiveServer(self._djat_asgi_application(), self.host)
+        server = self._djat_live_server = LiveServer(self._djat_asgi_application(), self.host)
         self._djat_call(server.start)
         self.live_server_url = server.url
         # Runs before the leak check: the server's own tasks are not the test's leaks.

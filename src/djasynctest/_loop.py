@@ -16,8 +16,8 @@ import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from djasynctest._dbthread import DBThread
-from djasynctest._routing import enter_routing, exit_routing
+from djasynctest._dbthread import DBThread, db_thread
+from djasynctest._routing import enter_routing, exit_routing, route_loop, unroute_loop
 
 __unittest = True
 
@@ -26,7 +26,17 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
 
 
 def new_runner(*, debug: bool, loop_factory: LoopFactory) -> asyncio.Runner:
-    return asyncio.Runner(debug=debug, loop_factory=loop_factory)
+    """A runner with its loop made, and routed to the DB thread (close it with close_runner)."""
+    runner = asyncio.Runner(debug=debug, loop_factory=loop_factory)
+    route_loop(runner.get_loop(), db_thread())
+    return runner
+
+
+def close_runner(runner: asyncio.Runner) -> None:
+    try:
+        unroute_loop(runner.get_loop())
+    finally:
+        runner.close()
 
 
 class ClassLoop:
@@ -45,4 +55,4 @@ class ClassLoop:
         try:
             self.context.run(exit_routing, self._routing)
         finally:
-            self.runner.close()
+            close_runner(self.runner)

@@ -12,7 +12,8 @@ sessions all run their database work through asgiref's thread-sensitive
 A test enters ``ThreadSensitiveContext(executor=<DB thread>)`` (route 2, a
 public API since asgiref 3.13) inside its ``contextvars.Context`` before its
 first hook, so every task of the test sends its thread-sensitive calls to the
-DB thread. Request
+DB thread; each loop the library makes registers the DB thread for route 3
+too, for the tasks that run in a context of their own. Request
 handling that opens a ``ThreadSensitiveContext`` of its own (Django's
 ``ASGIHandler``) nests inside ours and keeps our executor. When the test ends
 the context is exited: a task that outlives its test and still calls the ORM
@@ -29,12 +30,13 @@ forever on a loop that does not run.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Executor
 from typing import Any
 
-from asgiref.sync import SyncToAsync, ThreadSensitiveContext
+from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
 
 __unittest = True
 
@@ -67,6 +69,20 @@ def _finish_now(coro: Coroutine[Any, Any, Any]) -> Any:
         "version of djasynctest does not support this asgiref version."
     )
     raise RuntimeError(msg)
+
+
+def route_loop(loop: asyncio.AbstractEventLoop, executor: Executor) -> None:
+    """Route 3: thread-sensitive calls on ``loop`` from a context that is not routed.
+
+    A task made with an empty context (asgiref's ``ApplicationCommunicator``,
+    which channels' ``WebsocketCommunicator`` builds on, runs the application
+    so) has no ``ThreadSensitiveContext``; its calls go to ``executor`` too.
+    """
+    AsyncToSync.loop_thread_executors[loop] = executor  # type: ignore[assignment]
+
+
+def unroute_loop(loop: asyncio.AbstractEventLoop) -> None:
+    AsyncToSync.loop_thread_executors.pop(loop, None)
 
 
 def forget_event_loop() -> None:
