@@ -211,6 +211,16 @@ def live_server_costs(count: int, rounds: int) -> dict[str, float]:
             },
         ),
     }
+    if BACKEND != "sqlite":  # channels' server is another process: no in-memory database
+        try:
+            from channels.testing import ChannelsLiveServerTestCase
+        except ImportError:
+            print("channels (with daphne) is not installed: its live server is not measured")
+        else:
+            flavours["ChannelsLiveServerTestCase (sync, urllib)"] = (
+                ChannelsLiveServerTestCase,
+                {"test": sync_get, "host": "127.0.0.1"},
+            )
     classes = {name: make_class(base, attrs, count) for name, (base, attrs) in flavours.items()}
     best: dict[str, float] = {}
     for _ in range(rounds):
@@ -401,7 +411,8 @@ def print_table(results: dict[str, Any]) -> None:
     if "live_server" in results:
         costs = results["live_server"]
         base = costs["TestCase, test client (sync)"]
-        print("\nLive server, one GET per test (100 tests per class):")
+        count = results["live_server_tests_per_class"]
+        print(f"\nLive server, one GET per test ({count} tests per class):")
         for flavour, cost in costs.items():
             print(f"  {flavour:40} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
     print("\nOne thread hop:")
@@ -447,6 +458,7 @@ def main() -> None:
             "database": BACKEND,
         },
         "per_test": per_test_costs(options.tests, options.rounds),
+        "live_server_tests_per_class": min(options.tests, 100),
         "live_server": live_server_costs(min(options.tests, 100), options.rounds),
         "hops": hop_costs(2000),
         "diagnostics": diagnostics_overhead(options.tests, options.rounds),

@@ -22,6 +22,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
 ROOT_URLCONF = "tests.testapp.urls"
+ASGI_APPLICATION = "tests.asgi.application"  # channels' live server, in the benchmark
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
