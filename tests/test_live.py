@@ -247,3 +247,15 @@ def test_connections_send_without_delay() -> None:
 
     assert_passed(run_case(KeepAlive), 1)
     assert flags == [1]
+
+
+def test_unknown_application_path_fails_the_class_with_the_cause() -> None:
+    class Misnamed(AsyncLiveServerTestCase):
+        asgi_application = "tests.asgi.no_such_application"
+
+        async def test_never_runs(self) -> None:
+            raise AssertionError("unreachable")
+
+    [(case, text)] = run_case(Misnamed).errors
+    assert "setUpClass" in str(case)
+    assert 'Module "tests.asgi" does not define a "no_such_application" attribute' in text

@@ -70,7 +70,10 @@ class LiveServer:
 
     def __init__(self, app: Any, host: str) -> None:
         uvicorn = _uvicorn()
-        self.config = uvicorn.Config(app, host=host, lifespan="off", log_level="warning")
+        # log_config=None: leave the process's logging alone; no access log.
+        self.config = uvicorn.Config(
+            app, host=host, lifespan="off", log_config=None, access_log=False
+        )
         self.config.load()
         self.state = uvicorn.server.ServerState()
         self.socket = _listening_socket(host)
@@ -154,15 +157,18 @@ class AsyncLiveServerTestCase(AsyncTestCase):
 
     # The running server: on the class with loop_scope = "class", else on the test.
     _djat_live_server: LiveServer | None = None
+    _djat_application: ClassVar[Any]
 
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
         _uvicorn()  # a missing extra fails the class, before any test
         cls.enterClassContext(modify_settings(ALLOWED_HOSTS={"append": cls.host}))
+        # Once per class: Django loads its middleware each time it makes a handler.
+        cls._djat_application = cls._djat_load_application()
 
     @classmethod
-    def _djat_asgi_application(cls) -> Any:
+    def _djat_load_application(cls) -> Any:
         app = cls.asgi_application
         if isinstance(app, str):
             app = import_string(app)
@@ -178,7 +184,7 @@ class AsyncLiveServerTestCase(AsyncTestCase):
 
     @classmethod
     async def _djat_class_started(cls) -> None:
-        server = LiveServer(cls._djat_asgi_application(), cls.host)
+        server = LiveServer(cls._djat_application, cls.host)
         await server.start()
         cls._djat_live_server = server
         cls.live_server_url = server.url
@@ -196,7 +202,7 @@ class AsyncLiveServerTestCase(AsyncTestCase):
             # The class's server, on the class's loop: its requests end with the test.
             self.addCleanup(class_server.settle)
             return
-        server = self._djat_live_server = LiveServer(self._djat_asgi_application(), self.host)
+        server = self._djat_live_server = LiveServer(self._djat_application, self.host)
         self._djat_call(server.start)
         self.live_server_url = server.url
         # Runs before the leak check: the server's own tasks are not the test's leaks.
