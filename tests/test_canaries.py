@@ -104,7 +104,7 @@ def test_asgiref_executor_context_enters_and_exits_without_suspending() -> None:
 
 
 def test_django_class_atomics_and_atomic_blocks() -> None:
-    """_classlevel.roll_back_class_atomics finds Django's open class atomics this way."""
+    """_classlevel.undo_class_set_up finds Django's open class atomics this way."""
     assert "cls.cls_atomics = cls._enter_atomics()" in source(django.test.TestCase.setUpClass)
     assert "connection.atomic_blocks.append(self)" in source(transaction.Atomic.__enter__)
     assert "connection.atomic_blocks.pop()" in source(transaction.Atomic.__exit__)

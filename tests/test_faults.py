@@ -444,3 +444,30 @@ def test_terminated_backend_fails_clearly_and_the_next_class_reconnects() -> Non
     ) in errors["test_2_after"]
     assert CleanAfterwards.seen == [0], "the next class must get a working connection"
     assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def _db_thread_connections_open() -> list[str]:
+    def still_open() -> list[str]:
+        return [
+            connection.alias
+            for connection in connections.all(initialized_only=True)
+            if connection.in_atomic_block
+            or (
+                connection.connection is not None
+                # Django never closes an in-memory SQLite database.
+                and not (connection.vendor == "sqlite" and connection.is_in_memory_db())
+            )
+        ]
+
+    return db_thread().call(still_open)
+
+
+@pytest.mark.parametrize("hook", ["setUpClass", "asyncSetUpClass", "tearDownClass"])
+def test_a_class_that_fails_leaves_no_connection_open(hook: str) -> None:
+    # The last class of a run: an open connection would keep the runner from
+    # dropping the test database.
+    faulty = faulty_class(hook, "raises", [])
+    result = unittest.TestResult()
+    unittest.defaultTestLoader.loadTestsFromTestCase(faulty).run(result)
+    assert len(result.errors) == 1
+    assert _db_thread_connections_open() == []

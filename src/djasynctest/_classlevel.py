@@ -162,7 +162,7 @@ def _set_up_class(
                 # Closing the loop first cancels what D may still wait for (an
                 # async setUpTestData that timed out), then D rolls back.
                 _close_class_loop(klass)
-                db.call(roll_back_class_atomics, klass)
+                db.call(undo_class_set_up, klass)
                 raise
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "setUpClass") from exc
@@ -219,26 +219,30 @@ def _rolled_back_on_failure(func: Callable[..., T], klass: Any) -> Callable[...,
         try:
             return func(*args, **kwargs)
         except BaseException:
-            roll_back_class_atomics(klass)
+            undo_class_set_up(klass)
             raise
 
     return set_up
 
 
-def roll_back_class_atomics(klass: Any) -> None:
-    """D: roll back the class atomics Django opened in ``setUpClass`` if they are still open.
+def undo_class_set_up(klass: Any) -> None:
+    """D: roll back the class atomics Django opened in ``setUpClass`` if they are still
+    open, and close the connections, as Django's ``tearDownClass`` does.
 
     unittest calls no ``tearDownClass`` after a failed ``setUpClass``, and Django
     rolls its class atomics back only when fixtures or ``setUpTestData`` raise an
     ``Exception``: not when the user's code after ``super().setUpClass()`` raises,
     nor for a ``CancelledError``. Nor does anything when a ``tearDownClass`` raises
-    before it calls ``super()``.
+    before it calls ``super()``. A connection left open would also keep the runner
+    from dropping the test database at the end of the run.
     """
     atomics = klass.__dict__.get("cls_atomics") or {}
     for alias, atomic in reversed(atomics.items()):
         if atomic in connections[alias].atomic_blocks:
             transaction.set_rollback(True, using=alias)
             atomic.__exit__(None, None, None)
+    for connection in connections.all(initialized_only=True):
+        connection.close()
 
 
 def _cancelled(klass: Any, hook: str) -> RuntimeError:
@@ -270,7 +274,7 @@ def _tear_down_class(
             try:
                 result = db.call(func, klass, *args, **kwargs)
             finally:
-                db.call(roll_back_class_atomics, klass)
+                db.call(undo_class_set_up, klass)
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "tearDownClass") from exc
     return result
