@@ -42,7 +42,8 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
         if not key.startswith(("PYTEST_", "DJANGO_")) and key != "PYTHONPATH"
     }
     env["DJANGO_SETTINGS_MODULE"] = "tests.runnerproject.settings"
-    env["DJASYNCTEST_NAME_SUFFIX"] = "_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    env["DJASYNCTEST_NAME_SUFFIX"] = os.environ.get("DJASYNCTEST_NAME_SUFFIX", "") + "_" + worker
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.pathsep.join([os.environ["PYTHONPATH"], str(ROOT)])
     return subprocess.run(
