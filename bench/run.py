@@ -396,6 +396,12 @@ def parallel_speedup() -> dict[str, dict[str, float]]:
         return results
 
 
+def print_ratios(costs: dict[str, float], reference: str, *, width: int) -> None:
+    base = costs[reference]
+    for flavour, cost in costs.items():
+        print(f"  {flavour:{width}} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
+
+
 def print_table(results: dict[str, Any]) -> None:
     versions = results["versions"]
     print(
@@ -404,17 +410,12 @@ def print_table(results: dict[str, Any]) -> None:
         f"{results['tests_per_class']} tests per class"
     )
     for kind, costs in results["per_test"].items():
-        base = costs["TestCase (sync)"]
         print(f"\n{kind}:")
-        for flavour, cost in costs.items():
-            print(f"  {flavour:32} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
+        print_ratios(costs, "TestCase (sync)", width=32)
     if "live_server" in results:
-        costs = results["live_server"]
-        base = costs["TestCase, test client (sync)"]
         count = results["live_server_tests_per_class"]
         print(f"\nLive server, one GET per test ({count} tests per class):")
-        for flavour, cost in costs.items():
-            print(f"  {flavour:40} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
+        print_ratios(results["live_server"], "TestCase, test client (sync)", width=40)
     print("\nOne thread hop:")
     stock = results["hops"]["stock sync_to_async, from a loop"]
     for name, cost in results["hops"].items():
