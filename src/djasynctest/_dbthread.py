@@ -154,12 +154,8 @@ class DBThread(Executor):
         try:
             self._run(job)
         except BaseException as exc:
-            future = job[0]
             with contextlib.suppress(BaseException):
-                if isinstance(future, Future):
-                    future.set_exception(exc)
-                else:
-                    _complete_on_loop(future, exc, failed=True)
+                _settle(job[0], exc, failed=True)
 
     def _fail_queued_jobs(self) -> None:
         # D, at its end: nothing may wait for work that will never run.
@@ -168,11 +164,9 @@ class DBThread(Executor):
             if job is None or job is _WAKE_UP:
                 continue
             future = job[0]
-            if isinstance(future, Future):
-                if future.set_running_or_notify_cancel():
-                    future.set_exception(self._stopped_error())
-            else:
-                _complete_on_loop(future, self._stopped_error(), failed=True)
+            if isinstance(future, Future) and not future.set_running_or_notify_cancel():
+                continue
+            _settle(future, self._stopped_error(), failed=True)
 
     def _run(self, job: _Job) -> None:
         future, fn, args, kwargs = job
@@ -188,19 +182,22 @@ class DBThread(Executor):
             result = fn(*args, **kwargs)
         except BaseException as exc:
             # Drop our frames from the traceback: it starts at fn.
-            exc = exc.with_traceback(_tail(exc))
-            if on_loop:
-                _complete_on_loop(future, exc, failed=True)
-            else:
-                future.set_exception(exc)
+            _settle(future, exc.with_traceback(_tail(exc)), failed=True)
             del exc
         else:
-            if on_loop:
-                _complete_on_loop(future, result, failed=False)
-            else:
-                future.set_result(result)
+            _settle(future, result, failed=False)
         finally:
             self.busy = was_busy
+
+
+def _settle(future: Any, value: Any, *, failed: bool) -> None:
+    """D: give a job's future its outcome, a concurrent one here, an asyncio one on its loop."""
+    if not isinstance(future, Future):
+        _complete_on_loop(future, value, failed=failed)
+    elif failed:
+        future.set_exception(value)
+    else:
+        future.set_result(value)
 
 
 def _complete_on_loop(future: asyncio.Future[Any], value: Any, *, failed: bool) -> None:
