@@ -7,6 +7,7 @@ docstring, and update the canary.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import unittest
 
@@ -151,3 +152,33 @@ def test_django_closes_obsolete_connections_through_one_method() -> None:
 
     assert "conn.close_if_unusable_or_obsolete()" in source(django.db.close_old_connections)
     assert "atomic._from_testcase = True" in source(django.test.TestCase._enter_atomics)
+
+
+def test_asgiref_tags_local_values_with_their_thread() -> None:
+    """_routing.claim_locals re-homes asgiref.local._Storage(thread_id, data) values.
+
+    When asgiref changes how a Local's value is kept in a context, claim_locals
+    must change with it: tests/test_context.py then fails too.
+    """
+    import threading
+
+    from asgiref.local import Local, _Storage
+
+    from djasynctest._routing import run_in
+
+    local = Local()
+    local.value = "set here"
+    context = contextvars.copy_context()
+    storages = [value for value in context.values() if type(value) is _Storage]
+    assert storages, "a Local's value is no longer a _Storage in the context"
+    assert {storage.thread_id for storage in storages} == {threading.get_ident()}
+    seen: dict[str, object] = {}
+
+    def read() -> None:
+        seen["plain"] = context.run(getattr, local, "value", None)
+        seen["claimed"] = run_in(context, getattr, local, "value", None)
+
+    worker = threading.Thread(target=read)
+    worker.start()
+    worker.join()
+    assert seen == {"plain": None, "claimed": "set here"}

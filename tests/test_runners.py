@@ -281,3 +281,16 @@ def test_pytest_last_failed_reruns_only_the_failing_async_test(tmp_path: Path) -
         again = run(*args, "--lf")
     assert re.search(r"^1 failed, 1 passed", first.stdout, re.MULTILINE), first.stdout
     assert re.search(r"^1 failed, 1 deselected", again.stdout, re.MULTILINE), again.stdout
+
+
+@flags_once
+def test_debug_sql_prints_the_queries_of_the_failing_async_test(tmp_path: Path) -> None:
+    """manage.py test --debug-sql: the runner's flag reaches the DB thread's connections."""
+    _failing_package(tmp_path)
+    with importable(tmp_path):
+        process = run(str(PROJECT / "manage.py"), "test", "--noinput", "--debug-sql", "failing")
+    output = process.stdout + process.stderr
+    assert process.returncode == 1, output
+    failure = output[output.index("FAIL: test_fails") :]
+    assert re.search(r'INSERT INTO "testapp_item".*in the failing test', failure, re.DOTALL), output
+    assert re.search(r'SELECT COUNT\(\*\) AS "__count"\s+FROM "testapp_item"', failure), output

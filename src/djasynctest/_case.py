@@ -44,6 +44,8 @@ from djasynctest._classlevel import (
     CLASS_HOOKS,
     check_bases,
     check_class_transaction,
+    class_context,
+    default_hook,
     make_async_set_up_test_data_callable,
     queue_next_pre_setup,
     raise_if_class_transaction_lost,
@@ -81,8 +83,8 @@ from djasynctest._diagnostics import (
     stop_db_thread_on_interrupt,
     watch_connections,
 )
-from djasynctest._loop import ClassLoop, close_runner, new_runner
-from djasynctest._routing import enter_routing, exit_routing
+from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
+from djasynctest._routing import enter_routing, exit_routing, run_in
 
 __unittest = True
 
@@ -197,10 +199,12 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         super().doClassCleanups()
 
     @classmethod
+    @default_hook
     async def asyncSetUpClass(cls) -> None:
         """With ``loop_scope = "class"``: runs once, on its loop, after ``setUpClass``."""
 
     @classmethod
+    @default_hook
     async def asyncTearDownClass(cls) -> None:
         """With ``loop_scope = "class"``: runs once, on its loop, before ``tearDownClass``."""
 
@@ -216,10 +220,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                 self._djat_run_pre_setup
             )
         opts = self._djat_options = cls.__dict__.get("_djat_options") or options(cls)
+        context = class_context(cls)
+        if context is not None:
+            # What the class's hooks set, for this test alone.
+            self._asyncioTestContext = context.copy()
         class_loop: ClassLoop | None = cls.__dict__.get("_djat_class_loop")
         if class_loop is not None:
             self._asyncioRunner = class_loop.runner
-            self._asyncioTestContext = class_loop.context.copy()
             return
         # Makes the loop now, while D works.
         self._asyncioRunner = new_runner(debug=opts.loop_debug, loop_factory=self.loop_factory)
@@ -299,7 +306,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             function()  # M: it looks at the loop and the threads, not the database
         elif function == self._djat_post_teardown:
             # The rollback: no timeout may cut it short.
-            db_thread().call(self._asyncioTestContext.run, function)
+            db_thread().call(run_in, self._asyncioTestContext, function)
         else:
             self._djat_call(function, *args, **kwargs)
 
@@ -339,10 +346,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         """Run a hook, test or cleanup: coroutines on the loop, the rest on D."""
         if inspect.iscoroutinefunction(func):
             return self._djat_run_coroutine(func(*args, **kwargs))
-        db, deadline = db_thread(), self._djat_deadline
+        db, deadline, context = db_thread(), self._djat_deadline, self._asyncioTestContext
         if deadline is None or db.is_current():
-            return db.call(self._asyncioTestContext.run, func, *args, **kwargs)
-        return deadline.result(db.submit(self._asyncioTestContext.run, func, *args, **kwargs))
+            return db.call(run_in, context, func, *args, **kwargs)
+        return deadline.result(db.submit(run_in, context, func, *args, **kwargs))
 
     def _djat_run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
         # M: runs the loop until coro is done, watched by the diagnostics.
@@ -386,7 +393,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _djat_run(self, runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
         __tracebackhide__ = True
         try:
-            return runner.run(coro, context=self._asyncioTestContext)
+            return run_on(runner, coro, self._asyncioTestContext)
         except SynchronousOnlyOperation as exc:
             if SYNC_ORM_HINT not in getattr(exc, "__notes__", ()):
                 exc.add_note(SYNC_ORM_HINT)

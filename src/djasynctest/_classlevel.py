@@ -8,11 +8,18 @@ a wrapper that sends the whole call, the user's code and Django's chain behind
 sets a class up, M runs an event loop, so that an ``async def
 setUpTestData``, which Django calls through ``async_to_sync`` on D, runs on M
 with its ORM calls sent back to D.
+
+Each class has a ``contextvars.Context`` of its own, made from M's when the
+class is set up: its class-level hooks run in it, on whichever thread, so that
+what they set (``translation.activate``, ``cls.enterClassContext(...)``, any
+context variable) is there for its tests, each of which runs in a copy of it,
+and gone for the next class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
@@ -28,8 +35,8 @@ from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
 from djasynctest._dbtools import connect_receivers, loop_running
 from djasynctest._diagnostics import Deadline, stop_db_thread_on_interrupt
-from djasynctest._loop import ClassLoop, close_runner, new_runner
-from djasynctest._routing import enter_routing, exit_routing
+from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
+from djasynctest._routing import enter_routing, exit_routing, run_in
 
 __unittest = True
 
@@ -103,6 +110,7 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
                 return func(klass, *args, **kwargs)
             finally:
                 _close_class_loop(klass)
+                _forget_class_context(klass)
         try:
             if name == "setUpClass":
                 return _set_up_class(db, func, klass, *args, **kwargs)
@@ -112,9 +120,10 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
             stop_db_thread_on_interrupt()
             raise
         try:
-            return db.call(func, klass, *args, **kwargs)
+            return _call_in_class_context(db, func, klass, *args, **kwargs)
         finally:
             _close_class_loop(klass)
+            _forget_class_context(klass)
 
     on_db_thread._djat_db_thread = True  # type: ignore[attr-defined]
     setattr(cls, name, classmethod(on_db_thread))
@@ -137,21 +146,29 @@ def _set_up_class(
                 raise TypeError(msg)
     ensure_test_databases(_aliases(klass))
     connect_receivers()
-    set_up = _rolled_back_on_failure(_with_serialized_contents(func, klass), klass)
+    set_up = _rolled_back_on_failure(_with_runner_state(func, klass), klass)
+    context = klass._djat_context = contextvars.copy_context()
     # M runs an event loop while D sets the class up, so that an async
     # setUpTestData, called by Django through async_to_sync on D, runs here on
-    # M with its ORM calls sent back to D.
+    # M with its ORM calls sent back to D. sync_to_async takes the class
+    # context to D and brings what the hooks set back into it.
     call = _on_db_thread_from_loop(db, set_up, klass, *args, **kwargs)
     try:
         if opts.loop_scope == "test":
             runner = new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory)
             try:
-                result = _within_timeout(runner.run, runner.get_loop(), call, klass, "setUpClass")
+                result = _within_timeout(
+                    functools.partial(run_on, runner, context=context),
+                    runner.get_loop(),
+                    call,
+                    klass,
+                    "setUpClass",
+                )
             finally:
                 close_runner(runner)
         else:
             loop = klass._djat_class_loop = ClassLoop(
-                db, debug=opts.loop_debug, loop_factory=klass.loop_factory
+                db, context, debug=opts.loop_debug, loop_factory=klass.loop_factory
             )
             try:
                 result = _within_timeout(loop.run, loop.loop, call, klass, "setUpClass")
@@ -272,7 +289,7 @@ def _tear_down_class(
         finally:
             db.call(_undo_unused_pre_setup, unused)
             try:
-                result = db.call(func, klass, *args, **kwargs)
+                result = _call_in_class_context(db, func, klass, *args, **kwargs)
             finally:
                 db.call(undo_class_set_up, klass)
     except asyncio.CancelledError as exc:
@@ -349,6 +366,28 @@ def _undo_unused_pre_setup(pending: Future[Any] | None) -> None:
         pending.result()._post_teardown()
 
 
+def _call_in_class_context(
+    db: DBThread, func: Callable[..., T], klass: Any, /, *args: Any, **kwargs: Any
+) -> T:
+    """M: ``func(klass, ...)`` on D, in the class's context (when the class was set up)."""
+    __tracebackhide__ = True
+    context = klass.__dict__.get("_djat_context")
+    if context is None:
+        return db.call(func, klass, *args, **kwargs)
+    return db.call(run_in, context, func, klass, *args, **kwargs)
+
+
+def class_context(klass: type) -> contextvars.Context | None:
+    """The context of ``klass`` between its ``setUpClass`` and its class cleanups."""
+    return klass.__dict__.get("_djat_context")
+
+
+def _forget_class_context(klass: Any) -> None:
+    # M, after the class's last hook: nothing of it reaches the next class.
+    if "_djat_context" in klass.__dict__:
+        del klass._djat_context
+
+
 def _close_class_loop(klass: Any) -> None:
     # M, after the class's last hook (doClassCleanups runs even when setUpClass failed).
     loop = klass.__dict__.get("_djat_class_loop")
@@ -357,10 +396,14 @@ def _close_class_loop(klass: Any) -> None:
         loop.close()
 
 
-def _defines(klass: type, name: str) -> bool:
-    from djasynctest._case import AsyncTestMixin
+def default_hook(func: Callable[..., T]) -> Callable[..., T]:
+    """Mark a hook of the mixin that does nothing unless a subclass overrides it."""
+    func._djat_default = True  # type: ignore[attr-defined]
+    return func
 
-    return getattr(klass, name).__func__ is not getattr(AsyncTestMixin, name).__func__
+
+def _defines(klass: type, name: str) -> bool:
+    return not getattr(getattr(klass, name), "_djat_default", False)
 
 
 async def _on_db_thread_from_loop(
@@ -373,29 +416,32 @@ async def _on_db_thread_from_loop(
         exit_routing(routing)
 
 
-def _with_serialized_contents(func: Callable[..., T], klass: type[Any]) -> Callable[..., T]:
-    """Give the DB thread's connections the snapshot ``serialized_rollback`` restores.
+# What runners set on the connection objects of their own thread (M), which
+# Django reads from those of the thread that runs the test (D):
+# setup_databases(debug_sql=True) (manage.py test --debug-sql) and
+# _test_serialized_contents, the snapshot serialized_rollback restores (set by
+# setup_databases and by parallel workers).
+_RUNNER_STATE = ("force_debug_cursor", "_test_serialized_contents")
 
-    The runner sets ``_test_serialized_contents`` on the connection objects of
-    its own thread when it creates the test databases (M, here); Django reads
-    it from those of the thread that runs the test (D).
-    """
-    if not getattr(klass, "serialized_rollback", False):
-        return func
-    contents = {
-        alias: connections[alias]._test_serialized_contents  # type: ignore[attr-defined]
-        for alias in _aliases(klass)
-        if hasattr(connections[alias], "_test_serialized_contents")
+
+def _with_runner_state(func: Callable[..., T], klass: type[Any]) -> Callable[..., T]:
+    """Give the DB thread's connections the state the runner set on M's (see _RUNNER_STATE)."""
+    state = {
+        alias: {
+            name: value for name, value in vars(connections[alias]).items() if name in _RUNNER_STATE
+        }
+        # An unknown alias fails in Django's setUpClass, with Django's message.
+        for alias in _aliases(klass) & set(connections)
     }
 
     @functools.wraps(func)
-    def with_contents(*args: Any, **kwargs: Any) -> T:
+    def with_state(*args: Any, **kwargs: Any) -> T:
         # D.
-        for alias, value in contents.items():
-            connections[alias]._test_serialized_contents = value  # type: ignore[attr-defined]
+        for alias, values in state.items():
+            vars(connections[alias]).update(values)
         return func(*args, **kwargs)
 
-    return with_contents
+    return with_state
 
 
 def _aliases(cls: type[SimpleTestCase]) -> set[str]:

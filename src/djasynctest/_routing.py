@@ -26,19 +26,35 @@ asgiref remembers that loop in a thread-local that it never clears, so work
 sent to the DB thread directly, with no loop waiting on it, clears it first
 (``forget_event_loop``): a stale loop there would make ``async_to_sync`` wait
 forever on a loop that does not run.
+
+A test's ``contextvars.Context`` is used by two threads in turn: the loop's
+(async code) and the DB thread (sync hooks and tests). asgiref tags the value
+of a ``Local`` (Django's active language and time zone, third-party ones) with
+the thread that wrote it and hides it from every other thread, except where it
+moves work itself (``sync_to_async``, ``async_to_sync``), where it re-homes
+the values to the thread that takes the context over. ``run_in`` and
+``claim_locals`` do the same at each of our hand-overs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
 
+try:
+    from asgiref.local import _Storage
+except ImportError:  # an asgiref that does not tag Local values with their thread
+    _Storage = None  # type: ignore[assignment,misc]
+
 __unittest = True
+
+T = TypeVar("T")
 
 
 def enter_routing(executor: Executor) -> ThreadSensitiveContext:
@@ -93,3 +109,29 @@ def forget_event_loop() -> None:
 def process_wide_threads() -> set[threading.Thread]:
     """asgiref's own long-lived thread(s): started on first use, kept for the process."""
     return set(getattr(SyncToAsync.single_thread_executor, "_threads", ()))
+
+
+def claim_locals() -> None:
+    """Make the asgiref ``Local`` values of the current context this thread's.
+
+    Call it inside a context that another thread used last, before any code
+    reads a ``Local`` in it: asgiref's own ``_restore_context`` does this where
+    asgiref hands a context from one thread to another.
+    """
+    if _Storage is None:
+        return
+    ident = threading.get_ident()
+    for var, value in contextvars.copy_context().items():
+        if type(value) is _Storage and value.thread_id != ident:
+            var.set(_Storage(ident, value.data))
+
+
+def run_in(context: contextvars.Context, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``context.run(func, ...)`` on this thread, with the context's ``Local`` values claimed."""
+    return context.run(_claimed, func, args, kwargs)
+
+
+def _claimed(func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    __tracebackhide__ = True
+    claim_locals()
+    return func(*args, **kwargs)

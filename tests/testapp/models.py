@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from asgiref.local import Local
 from django.db import models
+
+#: A third-party Local, as a multi-tenant app keeps its current tenant.
+TENANT = Local()
 
 
 class Item(models.Model):

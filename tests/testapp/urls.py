@@ -15,4 +15,6 @@ urlpatterns = [
     path("health/slow/", views.slow_health),
     path("health/slow-sync/", views.slow_sync_health),
     path("items/events/", views.item_events),
+    path("context/", views.context_view),
+    path("sync-context/", views.sync_context_view),
 ]

@@ -97,3 +97,24 @@ async def item_events(request: HttpRequest) -> StreamingHttpResponse:
             yield f"data: {count}\n\n"
 
     return StreamingHttpResponse(stream(), content_type="text/event-stream")
+
+
+def context_values() -> dict[str, str | None]:
+    """What a request sees of the context: language, time zone, a third-party Local."""
+    from django.utils import timezone, translation
+
+    from tests.testapp.models import TENANT
+
+    return {
+        "language": translation.get_language(),
+        "timezone": timezone.get_current_timezone_name(),
+        "tenant": getattr(TENANT, "name", None),
+    }
+
+
+async def context_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(context_values())
+
+
+def sync_context_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(context_values())
