@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import re
+import sys
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
 from django.db import connections
+from django.test import override_settings
 
 from djasynctest import AsyncTestCase
 from djasynctest._diagnostics import BlockingWarning, PendingTaskWarning
+from tests.dbconfig import BACKEND
 from tests.testapp.models import Item
 from tests.utils import assert_passed, hang_in_a_query, leftover_rows, run_case
 
@@ -163,6 +169,110 @@ def test_timeout_leaves_quick_tests_alone() -> None:
     assert_passed(run_case(Quick), 1)
 
 
+@override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.PBKDF2PasswordHasher"])
+def test_password_hashing_inside_django_warns_with_the_fast_hasher_fix() -> None:
+    """Django's async auth hashes on the loop: not the project's code, so no failure."""
+
+    class SignUp(AsyncTestCase):
+        async def test_sign_up(self) -> None:
+            user = await User.objects.acreate_user("ann", password="secret")
+            self.assertTrue(await user.acheck_password("secret"))
+
+    with pytest.warns(BlockingWarning) as caught:
+        assert_passed(run_case(SignUp), 1)
+    [warning] = caught
+    message = str(warning.message)
+    assert re.search(
+        r"blocked for about \S+ s \(blocking_threshold is 0.1 s\) in test_sign_up", message
+    )
+    assert "inside django's code" in message
+    assert "await User.objects.acreate_user(" in message or "acheck_password(" in message
+    assert (
+        "Use a fast hasher in the test settings: PASSWORD_HASHERS = "
+        '["django.contrib.auth.hashers.MD5PasswordHasher"].'
+    ) in message
+    assert warning.filename == __file__
+
+
+@pytest.fixture
+def slowlib(tmp_path: Path) -> Iterator[Any]:
+    """An installed package (in a site-packages folder) with a blocking async API."""
+    package = tmp_path / "site-packages" / "slowlib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import time\n\n\n"
+        "async def fetch():\n"
+        "    time.sleep(0.3)\n\n\n"
+        "def fetch_sync():\n"
+        "    time.sleep(0.3)\n"
+    )
+    sys.path.insert(0, str(package.parent))
+    try:
+        yield importlib.import_module("slowlib")
+    finally:
+        sys.path.remove(str(package.parent))
+        del sys.modules["slowlib"]
+
+
+def test_block_inside_a_packages_coroutine_warns_naming_the_package(slowlib: Any) -> None:
+    class UsesSlowlib(AsyncTestCase):
+        async def test_fetch(self) -> None:
+            await slowlib.fetch()
+
+    with pytest.warns(BlockingWarning) as caught:
+        assert_passed(run_case(UsesSlowlib), 1)
+    message = str(caught[0].message)
+    where = r"in test_fetch \(.*UsesSlowlib\.test_fetch\), inside slowlib's code\. While"
+    assert re.search(where, message), message
+    assert "    await slowlib.fetch()\n" in message
+    assert (
+        "The blocking call is slowlib's, which the test awaited, not the project's own: so it "
+        "warns instead of failing. To silence it, add the module or function to "
+        "blocking_allowed"
+    ) in message
+
+
+def test_blocking_call_the_project_makes_into_a_package_fails(slowlib: Any) -> None:
+    class CallsSlowlib(AsyncTestCase):
+        async def test_fetch(self) -> None:
+            slowlib.fetch_sync()
+
+    [(_, text)] = run_case(CallsSlowlib).failures
+    assert "LoopBlocked: The event loop was blocked for about" in text
+    where = r"in test_fetch \(.*CallsSlowlib\.test_fetch\)\. While it was blocked"
+    assert re.search(where, text), text
+
+
+def _render_report() -> None:
+    time.sleep(0.3)
+
+
+def test_blocking_allowed_exempts_modules_and_functions(slowlib: Any) -> None:
+    class Allowed(AsyncTestCase):
+        blocking_allowed = ("slowlib", f"{__name__}._render_report")
+
+        async def test_package(self) -> None:
+            await slowlib.fetch()
+
+        async def test_function(self) -> None:
+            _render_report()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_passed(run_case(Allowed), 2)
+
+
+@pytest.mark.parametrize("value", ["slowlib", ["slowlib/x.py"], [""], [1]])
+def test_bad_blocking_allowed_fails_at_class_creation(value: Any) -> None:
+    with pytest.raises(TypeError) as info:
+        type("Bad", (AsyncTestCase,), {"blocking_allowed": value})
+    assert str(info.value) == (
+        f"Bad.blocking_allowed is {value!r}; it must be a list of dotted names of modules or "
+        "functions whose blocking calls are allowed, such as ['myapp.legacy', "
+        "'myapp.utils.render_pdf']."
+    )
+
+
 # --- Leaks ------------------------------------------------------------------------------
 
 
@@ -196,6 +306,9 @@ def test_thread_left_running_is_reported() -> None:
         stop.set()
 
 
+@pytest.mark.skipif(
+    BACKEND == "sqlite", reason="SQLite in memory is never closed by Django, nor need it be"
+)
 def test_connection_opened_off_the_db_thread_is_reported() -> None:
     opened: list[Any] = []
 
@@ -219,6 +332,77 @@ def test_connection_opened_off_the_db_thread_is_reported() -> None:
         "database connection 'default', opened by thread 'stray-worker' outside the "
         "test's transaction, is still open"
     ) in str(warning.message)
+
+
+@pytest.mark.parametrize("close", ["driver", "django"])
+def test_connection_its_thread_closed_is_not_reported(close: str) -> None:
+    """Closed at the driver, or by Django (a no-op for SQLite in memory): no leak."""
+
+    opened: list[Any] = []
+
+    def query() -> None:
+        Item.objects.exists()
+        opened.append(connections["default"].connection)
+        if close == "driver":
+            connections["default"].connection.close()
+        else:
+            connections.close_all()
+
+    class ClosesItsConnection(AsyncTestCase):
+        async def test_queries_from_a_thread(self) -> None:
+            await asyncio.to_thread(query)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_passed(run_case(ClosesItsConnection), 1)
+    finally:
+        opened[0].close()  # SQLite in memory: Django left it open, as it does on purpose
+
+
+def test_leaks_are_shown_by_default_at_the_tests_line_with_where_the_task_was_made() -> None:
+    class Leaky(AsyncTestCase):
+        async def test_starts_a_task(self) -> None:
+            self.task = asyncio.create_task(asyncio.Event().wait(), name="forgotten")
+
+    with warnings.catch_warnings(record=True) as caught:
+        # Python's default filters (no -W option): ResourceWarning is hidden.
+        warnings.resetwarnings()
+        for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+            warnings.filterwarnings("ignore", category=hidden)
+        warnings.filterwarnings("ignore", category=ResourceWarning)
+        assert_passed(run_case(Leaky), 1)
+    [warning] = caught
+    assert warning.category is PendingTaskWarning
+    assert warning.filename == __file__
+    assert warning.lineno == Leaky.test_starts_a_task.__code__.co_firstlineno
+    line = Leaky.test_starts_a_task.__code__.co_firstlineno + 1
+    assert "task forgotten (<coroutine object Event.wait at " in str(warning.message)
+    assert f"  created at {__file__}:{line}\n" in str(warning.message)
+
+
+def test_each_kind_of_leak_check_can_be_switched_off() -> None:
+    stop = threading.Event()
+
+    class OnlyTasks(AsyncTestCase):
+        leak_checks = ["tasks"]
+
+        async def test_starts_a_thread(self) -> None:
+            threading.Thread(target=stop.wait, name="unwatched-worker").start()
+
+    class NoChecks(AsyncTestCase):
+        leak_checks = ()
+
+        async def test_starts_a_task(self) -> None:
+            self.task = asyncio.create_task(asyncio.Event().wait())
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_passed(run_case(OnlyTasks), 1)
+            assert_passed(run_case(NoChecks), 1)
+    finally:
+        stop.set()
 
 
 def test_unfinished_async_generator_is_not_reported() -> None:

@@ -28,6 +28,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import sys
 import threading
 import unittest
 import warnings
@@ -40,6 +41,9 @@ from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DEFAULT_DB_ALIAS
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
+from djasynctest._blocking import Block
+from djasynctest._blocking import report as blocking_report
+from djasynctest._blocking import sample as sample_block
 from djasynctest._classlevel import (
     CLASS_HOOKS,
     check_bases,
@@ -73,18 +77,17 @@ from djasynctest._diagnostics import (
     BlockingWarning,
     Deadline,
     LoopBlocked,
-    LoopWatch,
     PendingTaskWarning,
-    blocking_report,
     connections_left_open,
     leaks_report,
     new_threads,
-    record_task_creation,
     stop_db_thread_on_interrupt,
+    track_task_creation,
     watch_connections,
 )
 from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
 from djasynctest._routing import enter_routing, exit_routing, run_in
+from djasynctest._watchdog import LoopWatch
 
 __unittest = True
 
@@ -263,13 +266,21 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if opts.timeout is not None:
             self._djat_deadline = Deadline(loop, opts.timeout, str(self))
         if opts.blocking_threshold is not None:
-            self._djat_watch = LoopWatch(loop, opts.blocking_threshold)
-        self._djat_threads_before = set(threading.enumerate())
-        watch_connections()
-        self._djat_tasks_before = asyncio.all_tasks(loop)
-        if opts.task_creation_stacks:
-            record_task_creation(loop)
-        self.addCleanup(self._djat_check_leaks)
+            self._djat_watch = LoopWatch(
+                loop,
+                opts.blocking_threshold,
+                functools.partial(sample_block, allowed=opts.blocking_allowed),
+            )
+        checks = opts.leak_checks
+        if "threads" in checks:
+            self._djat_threads_before = set(threading.enumerate())
+        if "connections" in checks:
+            watch_connections()
+        if "tasks" in checks:
+            self._djat_tasks_before = asyncio.all_tasks(loop)
+            track_task_creation(loop, full_stacks=opts.task_creation_stacks)
+        if checks:
+            self.addCleanup(self._djat_check_leaks)
         self._djat_before_hooks()
         if _overrides(self, "setUp", unittest.TestCase):
             self._djat_call(self.setUp)
@@ -361,13 +372,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             deadline.running(coro)
         if watch is not None:
             watch.start()
-        blocks: list[tuple[float, str]] = []
+        blocks: list[tuple[float, Block]] = []
         try:
             try:
                 result = self._djat_run(runner, coro)
             finally:
                 if watch is not None:
-                    blocks = watch.stop()
+                    blocks = [(held, block) for held, block in watch.stop() if not block.allowed]
                 if deadline is not None:
                     deadline.running(None)
         except asyncio.CancelledError:
@@ -379,16 +390,45 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                 exc.add_note(self._djat_blocking_report(blocks))
             raise
         if blocks:
-            report = self._djat_blocking_report(blocks)
-            if self._djat_options.blocking_mode == "fail":
-                raise LoopBlocked(report)
-            warnings.warn(report, BlockingWarning, stacklevel=2)
+            self._djat_report_blocks(blocks)
         return result
 
-    def _djat_blocking_report(self, blocks: list[tuple[float, str]]) -> str:
+    def _djat_report_blocks(self, blocks: list[tuple[float, Block]]) -> None:
+        __tracebackhide__ = True
+        own = [(held, block) for held, block in blocks if block.package is None]
+        if len(own) < len(blocks):
+            # A block inside a package's code never fails the test.
+            packages = [(held, block) for held, block in blocks if block.package is not None]
+            self._djat_warn(self._djat_blocking_report(packages), BlockingWarning)
+        if own:
+            report = self._djat_blocking_report(own)
+            if self._djat_options.blocking_mode == "fail":
+                raise LoopBlocked(report)
+            self._djat_warn(report, BlockingWarning)
+
+    def _djat_blocking_report(self, blocks: list[tuple[float, Block]]) -> str:
         threshold = self._djat_options.blocking_threshold
         assert threshold is not None
         return blocking_report(str(self), blocks, threshold)
+
+    def _djat_warn(self, message: str, category: type[Warning]) -> None:
+        """Warn at the test method's own line, where users look, not at the library's."""
+        method = getattr(self, self._testMethodName, None)
+        code = getattr(inspect.unwrap(method), "__code__", None) if method is not None else None
+        if code is None:
+            warnings.warn(message, category, stacklevel=2)
+            return
+        module = type(self).__module__
+        warnings.warn_explicit(
+            message,
+            category,
+            code.co_filename,
+            code.co_firstlineno,
+            module=module,
+            registry=vars(sys.modules[module]).setdefault("__warningregistry__", {})
+            if module in sys.modules
+            else None,
+        )
 
     def _djat_run(self, runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
         __tracebackhide__ = True
@@ -403,18 +443,23 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         # M, with the loop stopped, after the user's cleanups and before the rollback.
         assert self._asyncioRunner is not None
         loop = self._asyncioRunner.get_loop()
-        tasks = {
-            task
-            for task in asyncio.all_tasks(loop) - self._djat_tasks_before
-            # asyncio's own aclose() of an unfinished async generator; closing the
-            # loop finishes it.
-            if type(task.get_coro()).__name__ != "async_generator_athrow"
-        }
-        report = leaks_report(
-            str(self), tasks, new_threads(self._djat_threads_before), connections_left_open()
+        checks = self._djat_options.leak_checks
+        tasks = (
+            {
+                task
+                for task in asyncio.all_tasks(loop) - self._djat_tasks_before
+                # asyncio's own aclose() of an unfinished async generator; closing
+                # the loop finishes it.
+                if type(task.get_coro()).__name__ != "async_generator_athrow"
+            }
+            if "tasks" in checks
+            else set()
         )
+        threads = new_threads(self._djat_threads_before) if "threads" in checks else set()
+        connections = connections_left_open() if "connections" in checks else []
+        report = leaks_report(str(self), tasks, threads, connections)
         if report is not None:
-            warnings.warn(report, PendingTaskWarning, stacklevel=1)
+            self._djat_warn(report, PendingTaskWarning)
 
     # --- Django's tools, on the DB thread's connections ---------------------
 

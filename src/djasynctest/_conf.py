@@ -19,6 +19,7 @@ __unittest = True
 
 LoopScope = Literal["test", "class"]
 BlockingMode = Literal["fail", "warn"]
+LEAK_KINDS = ("tasks", "threads", "connections")
 
 # option name on the class -> key in settings.DJASYNCTEST, default
 OPTIONS: dict[str, tuple[str, Any]] = {
@@ -26,8 +27,10 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "loop_debug": ("LOOP_DEBUG", False),
     "blocking_threshold": ("BLOCKING_THRESHOLD", 0.1),
     "blocking_mode": ("BLOCKING_MODE", "fail"),
+    "blocking_allowed": ("BLOCKING_ALLOWED", ()),
     "timeout": ("TIMEOUT", None),
     "task_creation_stacks": ("TASK_CREATION_STACKS", False),
+    "leak_checks": ("LEAK_CHECKS", LEAK_KINDS),
 }
 _UNSET = object()
 
@@ -38,8 +41,10 @@ class Options:
     loop_debug: bool
     blocking_threshold: float | None
     blocking_mode: BlockingMode
+    blocking_allowed: tuple[str, ...]
     timeout: float | None
     task_creation_stacks: bool
+    leak_checks: frozenset[str]
 
 
 def _check(name: str, value: Any, where: str) -> Any:
@@ -55,7 +60,24 @@ def _check(name: str, value: Any, where: str) -> Any:
         fail("a number of seconds greater than 0, or None to turn it off")
     if name == "blocking_mode" and value not in ("fail", "warn"):
         fail("'fail' (the test fails) or 'warn' (a BlockingWarning)")
+    if name == "blocking_allowed":
+        if not _strings(value, lambda item: bool(item) and "/" not in item):
+            fail(
+                "a list of dotted names of modules or functions whose blocking calls are "
+                "allowed, such as ['myapp.legacy', 'myapp.utils.render_pdf']"
+            )
+        return tuple(value)
+    if name == "leak_checks":
+        if not _strings(value, lambda item: item in LEAK_KINDS):
+            fail(f"a list of the leaks to report, some of {list(LEAK_KINDS)}")
+        return frozenset(value)
     return value
+
+
+def _strings(value: Any, valid: Any) -> bool:
+    return isinstance(value, list | tuple | set | frozenset) and all(
+        isinstance(item, str) and valid(item) for item in value
+    )
 
 
 def _seconds_or_none(value: Any) -> bool:

@@ -1,18 +1,17 @@
 """Diagnostics: what blocked the event loop, what a timed-out test was waiting for, what leaked.
 
 Blocking detector
-    While the loop runs a test's code, a watchdog thread pings it every
-    ``threshold / 4`` seconds. When a ping waits longer than the threshold, the
-    loop's thread is stuck in one callback, and the watchdog samples that
-    thread's stack (``sys._current_frames``) at that moment: the report names
-    the line that was running, not only the callback. A test shorter than a
-    ping interval costs two set operations.
+    While the loop runs a test's code, the watchdog thread (``_watchdog``)
+    pings it. When a ping waits longer than the threshold, the loop's thread
+    is stuck in one callback, and the watchdog samples that thread's stack
+    (``sys._current_frames``) at that moment: the report names the line that
+    was running, not only the callback.
 
 Timeout
-    One timer on the test's loop; when it fires, it formats the stack of every
-    pending task (and of the DB thread, whose queries it interrupts), then
-    cancels the test's task. Sync code on the DB thread is waited for until
-    the same moment.
+    One timer of the watchdog, on the real clock; when it fires, the test's
+    loop formats the stack of every pending task (and of the DB thread, whose
+    queries it interrupts), then cancels the test's task. Sync code on the DB
+    thread is waited for until the same moment.
 
 Leaks
     Tasks a test left pending, and threads it started and left running, are
@@ -24,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import gc
 import os
 import sys
 import threading
-import time
 import traceback
 import unittest
 import weakref
@@ -42,6 +41,7 @@ import django
 
 from djasynctest._dbthread import running_db_thread
 from djasynctest._routing import process_wide_threads
+from djasynctest._watchdog import now, watchdog
 
 __unittest = True
 
@@ -80,8 +80,9 @@ class TestTimeout(AssertionError):
     __test__ = False  # not a test, whatever pytest thinks of the name
 
 
-class PendingTaskWarning(ResourceWarning):
-    """A test ended with tasks still pending, or threads it started still running."""
+class PendingTaskWarning(UserWarning):
+    """A test ended with tasks still pending, threads it started still running, or
+    connections it opened off the DB thread still open (shown by default)."""
 
 
 def user_stack(frame: FrameType | None, *, limit: int = 12) -> str:
@@ -105,111 +106,6 @@ for _public in (BlockingWarning, LoopBlocked, TestTimeout, PendingTaskWarning):
 
 
 # --- Blocking detector ------------------------------------------------------------
-
-
-class LoopWatch:
-    """Blocking detection for one test's loop: shared by its thread and the watchdog.
-
-    While the loop runs the test's code (``running``), the watchdog pings it
-    every ``threshold / 4`` seconds with ``call_soon_threadsafe``. A ping that
-    has waited longer than ``threshold`` means one callback holds the loop: the
-    watchdog samples the loop thread's stack then. When the pong comes, the
-    time it waited is how long the loop was held (at least).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float) -> None:
-        self.loop = loop
-        self.threshold = threshold
-        self.thread_id = threading.get_ident()
-        self.ping: float | None = None  # when the unanswered ping was sent
-        self.sample: str | None = None  # the stack while blocked, set by the watchdog
-        self.blocks: list[tuple[float, str]] = []
-
-    def start(self) -> None:
-        # The loop's thread, before it runs the loop.
-        self.ping = None
-        self.sample = None
-        _get_watchdog().watches.add(self)
-
-    def stop(self) -> list[tuple[float, str]]:
-        # The loop's thread, when the loop has stopped: a ping still waiting
-        # means the loop was held until the test's code ended.
-        _get_watchdog().watches.discard(self)
-        if self.ping is not None and self.sample is not None:
-            self.blocks.append((time.monotonic() - self.ping, self.sample))
-        self.ping = None
-        blocks, self.blocks = self.blocks, []
-        return blocks
-
-    def pong(self, sent: float) -> None:
-        # The loop's thread: the loop is free again.
-        if sent != self.ping:
-            return  # a ping from an earlier run of the loop
-        if self.sample is not None:
-            self.blocks.append((time.monotonic() - sent, self.sample))
-            self.sample = None
-        self.ping = None
-
-
-class _Watchdog:
-    """One thread per process; it sleeps while no loop is watched."""
-
-    def __init__(self) -> None:
-        self.watches: set[LoopWatch] = set()
-        self.wake = threading.Event()
-        self.pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="djasynctest-watchdog", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        idle_since = time.monotonic()
-        while True:
-            watches = list(self.watches)
-            now = time.monotonic()
-            if not watches:
-                if now - idle_since > 1:
-                    self.wake.wait()  # get_watchdog() wakes it
-                    self.wake.clear()
-                    idle_since = time.monotonic()
-                else:
-                    time.sleep(0.02)
-                continue
-            idle_since = now
-            for watch in watches:
-                if watch.ping is None:
-                    watch.ping = now
-                    with contextlib.suppress(RuntimeError):  # the loop just closed
-                        watch.loop.call_soon_threadsafe(watch.pong, now)
-                elif watch.sample is None and now - watch.ping > watch.threshold:
-                    frame = sys._current_frames().get(watch.thread_id)
-                    watch.sample = user_stack(frame)
-            time.sleep(min(watch.threshold for watch in watches) / 4)
-
-
-_watchdog: _Watchdog | None = None
-
-
-def _get_watchdog() -> _Watchdog:
-    global _watchdog
-    if _watchdog is None or _watchdog.pid != os.getpid():
-        _watchdog = _Watchdog()
-    if not _watchdog.wake.is_set():
-        _watchdog.wake.set()
-    return _watchdog
-
-
-def blocking_report(test: str, blocks: list[tuple[float, str]], threshold: float) -> str:
-    held, stack = max(blocks)
-    times = f" ({len(blocks)} times; the longest is shown)" if len(blocks) > 1 else ""
-    return (
-        f"The event loop was blocked for about {held:.2f} s (blocking_threshold is "
-        f"{threshold:g} s) in {test}{times}. While it was blocked, its thread was running:\n"
-        f"{stack}"
-        "A blocking call stalls every task of the test. Await an async API instead "
-        "(asyncio.sleep, an async HTTP client), or run the blocking code in a thread: "
-        "await asyncio.to_thread(func) or await sync_to_async(func)(). To allow it, raise "
-        "blocking_threshold or set it to None."
-    )
 
 
 # --- Timeout ----------------------------------------------------------------------
@@ -256,17 +152,25 @@ class Deadline:
         self.test = test
         self.label = label
         self.report: str | None = None
-        self._expires = time.monotonic() + timeout
+        self._expires = now() + timeout
         self._running: Coroutine[Any, Any, Any] | None = None
-        self._handle = loop.call_later(timeout, self._expire, loop)
+        # The watchdog's timer, on the real clock: the loop's may be frozen.
+        self._timer = watchdog().call_at(self._expires, functools.partial(self._fire, loop))
 
     def running(self, coro: Coroutine[Any, Any, Any] | None) -> None:
         """The coroutine the loop runs now (the test's task), or None."""
         self._running = coro
 
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The watchdog thread.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there
+            loop.call_soon_threadsafe(self._expire, loop)
+
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         # The loop's thread, while it runs the test's code: report every
         # pending task, then cancel the test's.
+        if self.report is not None:
+            return  # it expired while the DB thread ran the test's code
         test_task = next(
             (task for task in asyncio.all_tasks(loop) if task.get_coro() is self._running), None
         )
@@ -280,9 +184,9 @@ class Deadline:
         __tracebackhide__ = True
         if self.report is None:
             try:
-                future.exception(timeout=max(0.0, self._expires - time.monotonic()))
+                future.exception(timeout=max(0.0, self._expires - now()))
             except TimeoutError:
-                self._handle.cancel()
+                self._timer.cancel()
                 self.report = _stop_db_thread_work()
                 try:
                     future.exception(timeout=_INTERRUPT_GRACE)
@@ -306,7 +210,7 @@ class Deadline:
         return TestTimeout(msg)
 
     def cancel(self) -> None:
-        self._handle.cancel()
+        self._timer.cancel()
 
 
 # How long a timed-out test waits for the DB thread once its queries are interrupted.
@@ -353,17 +257,38 @@ def stop_db_thread_on_interrupt() -> None:
 
 # --- Leaks ------------------------------------------------------------------------
 
-_creation_stacks: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
+# Where each task of a watched loop was made: "file:line", or the user's stack.
+_creation_sites: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
+_ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
 
 
-def record_task_creation(loop: asyncio.AbstractEventLoop) -> None:
-    """Remember where each task of ``loop`` is created (``task_creation_stacks = True``)."""
+def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -> None:
+    """Remember where each task of ``loop`` is made, for the leak report (once per loop).
 
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        task = asyncio.Task(coro, loop=loop, **kwargs)
-        _creation_stacks[task] = user_stack(sys._getframe(1))
-        return task
+    By default only the file and line that made it (a frame walk); with
+    ``task_creation_stacks = True``, the whole stack (slow).
+    """
+    previous = loop.get_task_factory()
+    if getattr(previous, "_djat_full_stacks", None) == full_stacks:
+        return
+    previous = getattr(previous, "_djat_previous", previous)
 
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        if previous is None:
+            task: Any = asyncio.Task(coro, loop=loop, **kwargs)
+        else:
+            task = previous(loop, coro, **kwargs)
+        frame = sys._getframe(1)
+        if full_stacks:
+            _creation_sites[task] = user_stack(frame)
+        else:
+            while frame.f_back is not None and frame.f_code.co_filename.startswith(_ASYNCIO):
+                frame = frame.f_back
+            _creation_sites[task] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        return task  # type: ignore[no-any-return]
+
+    factory._djat_full_stacks = full_stacks  # type: ignore[attr-defined]
+    factory._djat_previous = previous  # type: ignore[attr-defined]
     loop.set_task_factory(factory)
 
 
@@ -389,9 +314,9 @@ _OWN_THREADS = ("asyncio_", "uvloop_", "djasynctest-")
 
 
 def _join(threads: set[threading.Thread], grace: float = 0.05) -> None:
-    deadline = time.monotonic() + grace
+    deadline = now() + grace
     for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, deadline - now()))
 
 
 # Database connections opened off the DB thread while a test runs: they are
@@ -425,22 +350,40 @@ def connections_left_open() -> list[tuple[str, Any]]:
     """The connections opened off the DB thread since ``watch_connections``, still open."""
     global _foreign_connections
     watched, _foreign_connections = _foreign_connections or [], None
-    return [(thread, conn) for thread, conn in watched if conn.connection is not None]
+    return [(thread, conn) for thread, conn in watched if _really_open(conn)]
+
+
+def _really_open(connection: Any) -> bool:
+    """Whether the driver's connection is open: not closed by Django, nor at the driver,
+    nor SQLite in memory, which Django never closes (nor need it be)."""
+    raw = connection.connection
+    if raw is None or getattr(raw, "closed", False):
+        return False
+    if connection.vendor == "sqlite":
+        if connection.is_in_memory_db():
+            return False
+        try:
+            raw.total_changes  # noqa: B018  (sqlite3 has no "closed": a closed one raises)
+        except Exception:
+            return False
+    return True
 
 
 def leaks_report(
     test: str,
     tasks: set[asyncio.Task[Any]],
     threads: set[threading.Thread],
-    connections: list[tuple[str, Any]] = (),  # type: ignore[assignment]
+    connections: list[tuple[str, Any]],
 ) -> str | None:
     parts = []
     for task in tasks:
-        where = _creation_stacks.get(task)
+        where = _creation_sites.get(task)
         made = (
-            f"  created at:\n{where}"
-            if where
-            else "  (set task_creation_stacks = True to see where it was created)\n"
+            "  (not made on the test's loop)\n"
+            if where is None
+            else f"  created at {where}\n"
+            if "\n" not in where
+            else f"  created at:\n{where}"
         )
         parts.append(f"task {task.get_name()} ({task.get_coro()!r}) is still pending\n{made}")
     parts += [f"thread {thread.name!r} is still running\n" for thread in threads]
@@ -454,5 +397,7 @@ def leaks_report(
     return (
         f"{test} left behind:\n" + "".join(parts) + "Await or cancel the tasks a test starts, "
         "join its threads and close their connections before it ends: they would run on "
-        "into the next test."
+        "into the next test. To stop reporting one kind, set leak_checks (e.g. "
+        "leak_checks = ['tasks', 'connections']); task_creation_stacks = True shows "
+        "each task's whole creation stack."
     )

@@ -1,0 +1,136 @@
+"""Whose code blocked the event loop, and what the report says.
+
+The watchdog (``_watchdog``) samples the loop thread's stack while a callback
+holds the loop; ``sample`` reads that stack at once, on the watchdog thread.
+
+The rule: a block is the project's when the project's own code made it. Walk
+the stack to the innermost frame of the project's code (not the standard
+library's, not an installed package's). If nothing runs below it (a C call
+such as ``time.sleep``), or it called a plain function (``requests.get``,
+``render``), the project made a blocking call: the test fails. If it
+*awaited* a coroutine of an installed package (``acreate_user``, which hashes
+the password on the loop) and the block is inside that, the package blocked
+where it offered an async API: the test only warns, naming the package. A
+block with no project frame at all (in a package's own task) is the
+package's too. ``blocking_allowed`` names modules or functions whose blocks
+are not reported at all.
+"""
+
+from __future__ import annotations
+
+import asyncio.runners
+import inspect
+import os
+import sysconfig
+from dataclasses import dataclass
+from types import FrameType
+
+from djasynctest._diagnostics import user_stack
+
+__unittest = True
+
+_ASYNC = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+_PACKAGE_DIRS = ("site-packages", "dist-packages")
+_STDLIB = tuple(
+    os.path.join(path, "")
+    for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
+)
+_OWN = os.path.join(os.path.dirname(__file__), "")
+_HASHERS = "django.contrib.auth.hashers"
+# What runs on the loop starts after asyncio.Runner.run.
+_RUNNERS = asyncio.runners.__file__
+
+
+@dataclass(frozen=True)
+class Block:
+    """What the watchdog saw while the loop was held."""
+
+    stack: str
+    package: str | None  # None: the project's own code blocked
+    allowed: bool
+    hashing: bool  # inside Django's password hashers
+
+
+def _package(filename: str) -> str | None:
+    """The installed package a file belongs to, "the standard library", or None (the project)."""
+    parts = filename.split(os.sep)
+    for marker in _PACKAGE_DIRS:
+        if marker in parts:
+            index = len(parts) - 1 - parts[::-1].index(marker)
+            name = parts[index + 1] if index + 1 < len(parts) else marker
+            return name.removesuffix(".py")
+    if filename.startswith(_OWN):
+        return "djasynctest"
+    if filename.startswith(_STDLIB) or filename.startswith("<"):
+        return "the standard library"
+    return None
+
+
+def _matches(frame: FrameType, allowed: tuple[str, ...]) -> bool:
+    # "a.b" allows the module a.b, the modules of the package a.b, and what they define.
+    function = f"{frame.f_globals.get('__name__', '')}.{frame.f_code.co_qualname}."
+    return any(function.startswith(f"{name}.") for name in allowed)
+
+
+def sample(frame: FrameType | None, allowed: tuple[str, ...]) -> Block:
+    """The watchdog thread: read the blocked loop thread's stack while it is still there."""
+    frames: list[FrameType] = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    frames.reverse()  # outermost first
+    runners = [i for i, f in enumerate(frames) if f.f_code.co_filename == _RUNNERS]
+    if runners:
+        frames = frames[runners[-1] + 1 :]
+    packages = [_package(f.f_code.co_filename) for f in frames]
+    project = [i for i, package in enumerate(packages) if package is None]
+    owner: str | None
+    if not project:
+        owner = next((p for p in packages if p not in (None, "djasynctest")), "djasynctest")
+    else:
+        callee = project[-1] + 1
+        if callee == len(frames) or not frames[callee].f_code.co_flags & _ASYNC:
+            owner = None  # the project's code blocked, or made a blocking call
+        else:
+            owner = next(
+                (p for p in packages[callee:] if p != "the standard library"), packages[callee]
+            )
+    return Block(
+        stack=user_stack(frames[-1] if frames else None),
+        package=owner,
+        allowed=bool(allowed) and any(_matches(f, allowed) for f in frames),
+        hashing=any(f.f_globals.get("__name__") == _HASHERS for f in frames),
+    )
+
+
+def report(test: str, blocks: list[tuple[float, Block]], threshold: float) -> str:
+    held, block = max(blocks, key=lambda pair: pair[0])
+    times = f" ({len(blocks)} times; the longest is shown)" if len(blocks) > 1 else ""
+    where = "" if block.package is None else f", inside {block.package}'s code"
+    intro = (
+        f"The event loop was blocked for about {held:.2f} s (blocking_threshold is "
+        f"{threshold:g} s) in {test}{where}{times}. While it was blocked, its thread was "
+        f"running:\n{block.stack}"
+    )
+    if block.hashing:
+        return intro + (
+            "Django hashes passwords on the event loop (acreate_user, acheck_password, "
+            "aset_password...), and its default hasher takes a fraction of a second by "
+            "design. Use a fast hasher in the test settings: PASSWORD_HASHERS = "
+            '["django.contrib.auth.hashers.MD5PasswordHasher"].'
+        )
+    if block.package is not None:
+        return intro + (
+            f"The blocking call is {block.package}'s, which the test awaited, not the "
+            "project's own: so it warns instead of failing. To silence it, add the module "
+            "or function to blocking_allowed (or settings.DJASYNCTEST['BLOCKING_ALLOWED']); "
+            "to fix it, run that call in a thread (await asyncio.to_thread(func)), or ask "
+            f"{block.package}'s maintainers for a non-blocking one."
+        )
+    return intro + (
+        "A blocking call stalls every task of the test. Await an async API instead "
+        "(asyncio.sleep, an async HTTP client), or run the blocking code in a thread: "
+        "await asyncio.to_thread(func) or await sync_to_async(func)(). To allow it, add "
+        "its module or function to blocking_allowed, raise blocking_threshold, or set it "
+        "to None."
+    )
