@@ -8,6 +8,7 @@ from django.core import mail
 from django.db import connection, connections, transaction
 from django.db.models.signals import post_save
 from django.test import modify_settings, override_settings
+from django.test.utils import CaptureQueriesContext
 
 from djasynctest import AsyncTestCase, AsyncTransactionTestCase
 from tests.testapp.models import Item, Order, Tag
@@ -51,6 +52,45 @@ def test_assert_num_queries_fails_with_djangos_message() -> None:
     [text] = problems(run_case(Wrong))
     assert "AssertionError: 1 != 3 : 1 queries executed, 3 expected" in text
     assert 'Captured queries were:\n1. SELECT COUNT(*) AS "__count" FROM "testapp_item"' in text
+
+
+def test_capture_queries_lists_the_queries_of_async_code() -> None:
+    class Capturing(AsyncTestCase):
+        async def test_async_with(self) -> None:
+            async with self.captureQueries() as captured:
+                await Item.objects.acreate(name="a")
+                await self.async_client.get("/items/")
+            self.assertEqual(len(captured.captured_queries), 2)
+            self.assertIn('INSERT INTO "testapp_item"', captured.captured_queries[0]["sql"])
+
+        async def test_with_other_database(self) -> None:
+            with self.captureQueries(using="other") as captured:
+                await Item.objects.using("other").acount()
+            self.assertEqual(len(captured), 1)
+
+        def test_sync(self) -> None:
+            with self.captureQueries() as captured:
+                Item.objects.count()
+            self.assertEqual(len(captured), 1)
+
+    Capturing.databases = {"default", "other"}
+    assert_passed(run_case(Capturing), 3)
+
+
+def test_djangos_capture_queries_context_in_async_code_names_the_right_tool() -> None:
+    class Direct(AsyncTestCase):
+        async def test_it(self) -> None:
+            with CaptureQueriesContext(connection):
+                await Item.objects.acount()
+
+    [text] = problems(run_case(Direct))
+    assert "SynchronousOnlyOperation" in text
+    assert (
+        "djasynctest: CaptureQueriesContext(connection) would count the queries of the event "
+        "loop's thread, where none of the test's queries run. Use self.assertNumQueries(n), "
+        "or self.captureQueries() for the list of queries (with or async with): both read "
+        "the test's DB thread."
+    ) in text
 
 
 # --- captureOnCommitCallbacks -------------------------------------------------

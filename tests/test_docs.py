@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from djasynctest import AsyncTestCase
+from djasynctest import AsyncTestCase, BlockingWarning
 from djasynctest._conf import options
+from tests.testapp.models import Item
 from tests.utils import assert_passed, run_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,3 +235,28 @@ def test_communicator() -> None:
     from tests.docs_examples.communicator import ItemsConsumerTests
 
     assert_passed(run_case(ItemsConsumerTests), 1)
+
+
+def test_signup_hashing() -> None:
+    from tests.docs_examples.signup_hashing import SignUpTests
+
+    with pytest.warns(BlockingWarning) as caught:
+        assert_passed(run_case(SignUpTests), 1)
+    message = str(caught[0].message)
+    assert "inside django's code" in message
+    assert "Use a fast hasher in the test settings" in message
+
+
+def test_frozen_time() -> None:
+    from tests.docs_examples.frozen_time import FreezegunTests, TimeMachineTests
+
+    assert_passed(run_case(FreezegunTests), 1)
+    assert_passed(run_case(TimeMachineTests), 1)
+
+
+def test_properties() -> None:
+    from tests.docs_examples.properties import ExecutorTests, PriceTests
+
+    assert_passed(run_case(PriceTests), 2)
+    assert_passed(run_case(ExecutorTests), 1)
+    assert Item.objects.count() == 0

@@ -10,6 +10,7 @@ survive, as read from the test's own thread's connection.
 from __future__ import annotations
 
 import asyncio
+import threading
 import unittest
 from typing import Any
 
@@ -387,6 +388,60 @@ def test_db_thread_that_stops_fails_its_class_clearly_and_the_next_class_runs() 
     assert "wrapped" not in "".join(text for _, text in failures)
     assert CleanAfterwards.seen == [0]
     assert leftover_rows() == {"items": [], "orders": 0}
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_code_stuck_forever_is_abandoned_with_its_db_thread_and_later_classes_run(
+    kind: str,
+) -> None:
+    """Sync code that never returns (not a query: nothing to interrupt) cannot hang the run."""
+    release = threading.Event()
+    first = db_thread()
+
+    def stuck() -> None:
+        Item.objects.create(name="made by the stuck test")
+        release.wait()
+
+    class Stuck(AsyncTestCase):
+        timeout = 0.5
+
+        @classmethod
+        def setUpTestData(cls) -> None:
+            Item.objects.create(name="class data")
+
+        if kind == "sync":
+
+            def test_1_stuck(self) -> None:
+                stuck()
+
+        else:
+
+            async def test_1_stuck(self) -> None:
+                await sync_to_async(stuck)()
+
+        async def test_2_after(self) -> None:
+            raise AssertionError("must not run without the class's data")
+
+    try:
+        suite = unittest.defaultTestLoader.loadTestsFromTestCase(Stuck)
+        result = run_then_a_clean_class(suite)
+        assert first.abandoned_by == f"test_1_stuck ({__name__}.{Stuck.__qualname__}.test_1_stuck)"
+        assert db_thread() is not first
+        problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+        assert set(problems) == {"test_1_stuck", "test_2_after", "tearDownClass"}, problems
+        assert "TestTimeout: test_1_stuck" in problems["test_1_stuck"]
+        assert "release.wait()" in problems["test_1_stuck"]
+        for later in ("test_2_after", "tearDownClass"):
+            assert (
+                f"RuntimeError: The djasynctest DB thread was abandoned when {first.abandoned_by} "
+                "ran past its timeout in sync code that never returned"
+            ) in problems[later]
+        assert CleanAfterwards.seen == [0]
+        assert leftover_rows() == {"items": [], "orders": 0}
+    finally:
+        release.set()
+    first.thread.join(5)
+    assert not first.thread.is_alive()
 
 
 def _backend_pid() -> int:

@@ -32,14 +32,20 @@ import sys
 import threading
 import unittest
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar, cast
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import (
+    ThreadSensitiveContext,
+    async_to_sync,
+    iscoroutinefunction,
+    markcoroutinefunction,
+)
 from django.core.exceptions import SynchronousOnlyOperation
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
+from django.test.utils import CaptureQueriesContext
 
 from djasynctest._blocking import Block
 from djasynctest._blocking import report as blocking_report
@@ -64,7 +70,7 @@ from djasynctest._conf import (
     check_class,
     options,
 )
-from djasynctest._dbthread import db_thread
+from djasynctest._dbthread import db_thread, running_db_thread, wait
 from djasynctest._dbtools import (
     AsyncModifySettings,
     AsyncOverrideSettings,
@@ -86,7 +92,7 @@ from djasynctest._diagnostics import (
     watch_connections,
 )
 from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
-from djasynctest._routing import enter_routing, exit_routing, run_in
+from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
 from djasynctest._watchdog import LoopWatch
 
 __unittest = True
@@ -98,6 +104,14 @@ SYNC_ORM_HINT = (
     "(await Model.objects.acreate(...), await qs.acount(), [x async for x in qs]) "
     "or wrap sync code in asgiref.sync.sync_to_async(); either way it runs on the "
     "test's DB thread, inside the test's transaction."
+)
+
+
+CAPTURE_QUERIES_HINT = (
+    "djasynctest: CaptureQueriesContext(connection) would count the queries of the "
+    "event loop's thread, where none of the test's queries run. Use "
+    "self.assertNumQueries(n), or self.captureQueries() for the list of queries "
+    "(with or async with): both read the test's DB thread."
 )
 
 
@@ -125,8 +139,15 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     #: ``asyncSetUpClass`` and ``asyncTearDownClass`` get as long each. ``None``
     #: (default): no limit.
     timeout: ClassVar[float | None] = INHERITED
-    #: Record where each task is created, to show it when a test leaves one pending (slow).
+    #: Dotted names of modules, packages or functions whose blocking calls are not reported
+    #: (``["myapp.legacy", "myapp.pdf.render"]``).
+    blocking_allowed: ClassVar[Sequence[str]] = INHERITED
+    #: Record the whole stack where each task is created, to show it when a test leaves one
+    #: pending (slow; by default the report shows the file and line that made it).
     task_creation_stacks: ClassVar[bool] = INHERITED
+    #: The leaks reported when a test ends: some of ``"tasks"``, ``"threads"`` and
+    #: ``"connections"`` (default: all three).
+    leak_checks: ClassVar[Collection[str]] = INHERITED
 
     _asyncioRunner: asyncio.Runner | None
     _asyncioTestContext: contextvars.Context
@@ -147,6 +168,12 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         for name in CLASS_HOOKS:
             run_class_hook_on_db_thread(cls, name)
         make_async_set_up_test_data_callable(cls)
+        for name, attr in list(vars(cls).items()):
+            if name in _WRAPPED_HOOKS and iscoroutinefunction(attr):
+                # freezegun's class decorator, applied after this, wraps it.
+                setattr(cls, name, _callable_from_sync_code(attr))
+            elif name in _WRAPPED_HOOKS or name.startswith("test"):
+                _reach_through_sync_wrapper(attr, cls)
 
     def __init__(self, methodName: str = "runTest") -> None:
         super().__init__(methodName)
@@ -219,9 +246,16 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         assert self._asyncioRunner is None, "asyncio runner is already initialized"
         cls = type(self)
         if not _is_skipped(self):
-            self._djat_pre_setup = take_next_pre_setup(cls) or db_thread().submit(
-                self._djat_run_pre_setup
-            )
+            pending = take_next_pre_setup(cls)
+            if pending is None:
+                try:
+                    pending = db_thread().submit(self._djat_run_pre_setup)
+                except RuntimeError as exc:
+                    # The DB thread stopped: unittest reports it as the test's
+                    # error when _callSetUp reads it (here, it would end the run).
+                    pending = Future()
+                    pending.set_exception(exc)
+            self._djat_pre_setup = pending
         opts = self._djat_options = cls.__dict__.get("_djat_options") or options(cls)
         context = class_context(cls)
         if context is not None:
@@ -251,6 +285,20 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         finally:
             check_class_transaction(self)
         queue_next_pre_setup(self)
+
+    def _djat_roll_back(self) -> None:
+        # M. No timeout may cut the rollback short; but after a timeout, the DB
+        # thread may be stuck in the test's sync code, and is then abandoned
+        # (which ends the transactions from outside).
+        db, deadline = db_thread(), self._djat_deadline
+        if db.abandoned_by != str(self):
+            job = db.submit(run_in, self._asyncioTestContext, self._djat_post_teardown)
+            if deadline is not None and deadline.report is not None:
+                deadline.settle(job)
+            if db.abandoned_by != str(self):
+                _result(job)
+                return
+        self._djat_teardown_due = False
 
     def _callSetUp(self) -> None:
         # M.
@@ -316,8 +364,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if function == self._djat_check_leaks:
             function()  # M: it looks at the loop and the threads, not the database
         elif function == self._djat_post_teardown:
-            # The rollback: no timeout may cut it short.
-            db_thread().call(run_in, self._asyncioTestContext, function)
+            self._djat_roll_back()
         else:
             self._djat_call(function, *args, **kwargs)
 
@@ -338,7 +385,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                 # debug() stops at the first exception and skips cleanups;
                 # the rollback must happen anyway.
                 self.doCleanups()
-            if self._djat_routing is not None:
+            # The DB thread left to the test's stuck code still runs in its context.
+            if self._djat_routing is not None and db_thread().abandoned_by != str(self):
                 self._asyncioTestContext.run(exit_routing, self._djat_routing)
         finally:
             self._djat_reset()
@@ -355,14 +403,43 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _djat_call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a hook, test or cleanup: coroutines on the loop, the rest on D."""
-        if inspect.iscoroutinefunction(func):
+        __tracebackhide__ = True
+        if iscoroutinefunction(func):
             return self._djat_run_coroutine(func(*args, **kwargs))
         db, deadline, context = db_thread(), self._djat_deadline, self._asyncioTestContext
-        if deadline is None or db.is_current():
-            return db.call(run_in, context, func, *args, **kwargs)
-        return deadline.result(db.submit(run_in, context, func, *args, **kwargs))
+        if db.is_current():
+            result = run_in(context, func, *args, **kwargs)
+        else:
+            # M serves the job while it waits: an async hook that a sync wrapper
+            # calls there runs here, on the loop (see _callable_from_sync_code).
+            job = db.submit_hosted(run_in, context, func, *args, **kwargs)
+            result = _result(job) if deadline is None else deadline.result(job)
+        if inspect.isawaitable(result):
+            # A sync wrapper that returns the coroutine of an async function.
+            return self._djat_run_coroutine(_awaited(result))
+        return result
 
-    def _djat_run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _djat_run_from_db_thread(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """D, in a hook run by _djat_call: run ``coro`` on the test's loop, to the end.
+
+        The context goes to the loop and comes back, as asgiref's
+        ``async_to_sync`` takes it; D serves the coroutine's ORM calls meanwhile.
+        """
+        __tracebackhide__ = True
+        context = contextvars.copy_context()
+        try:
+            return db_thread().ask_caller(
+                functools.partial(self._djat_run_coroutine, coro, context=context)
+            )
+        except LookupError:
+            # Not called from a hook (by hand, from a sync test): a loop of its own.
+            return async_to_sync(_awaited)(coro)
+        finally:
+            adopt(context)
+
+    def _djat_run_coroutine(
+        self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None = None
+    ) -> Any:
         # M: runs the loop until coro is done, watched by the diagnostics.
         __tracebackhide__ = True
         runner = self._asyncioRunner
@@ -375,7 +452,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         blocks: list[tuple[float, Block]] = []
         try:
             try:
-                result = self._djat_run(runner, coro)
+                result = self._djat_run(runner, coro, context or self._asyncioTestContext)
             finally:
                 if watch is not None:
                     blocks = [(held, block) for held, block in watch.stop() if not block.allowed]
@@ -430,13 +507,21 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             else None,
         )
 
-    def _djat_run(self, runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _djat_run(
+        self,
+        runner: asyncio.Runner,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+    ) -> Any:
         __tracebackhide__ = True
         try:
-            return run_on(runner, coro, self._asyncioTestContext)
+            return run_on(runner, coro, context)
         except SynchronousOnlyOperation as exc:
-            if SYNC_ORM_HINT not in getattr(exc, "__notes__", ()):
-                exc.add_note(SYNC_ORM_HINT)
+            hint = (
+                CAPTURE_QUERIES_HINT if _raised_in(exc, "CaptureQueriesContext.") else SYNC_ORM_HINT
+            )
+            if hint not in getattr(exc, "__notes__", ()):
+                exc.add_note(hint)
             raise
 
     def _djat_check_leaks(self) -> None:
@@ -497,6 +582,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             execute=execute,
         )
         return OnDBThread(db_thread(), make)
+
+    def captureQueries(self, *, using: str = DEFAULT_DB_ALIAS) -> OnDBThread[CaptureQueriesContext]:
+        """Django's ``CaptureQueriesContext``, on the DB thread's connection.
+
+        For ``with`` and ``async with``; afterwards, ``captured_queries`` lists the
+        queries the test's code ran in the block, wherever it ran them.
+        """
+        return OnDBThread(db_thread(), lambda: CaptureQueriesContext(connections[using]))
 
     def settings(self, **kwargs: Any) -> AsyncOverrideSettings:
         """Django's ``self.settings(...)``, also usable as ``async with``."""
@@ -580,10 +673,83 @@ def _off_db_thread(func: Callable[..., T], /, *args: Any) -> T:
 
 def _result(future: Future[T]) -> T:
     __tracebackhide__ = True
+    wait(future)
     exc = future.exception()
     if exc is not None:
         raise exc
     return future.result()
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+# The hooks that sync decorators wrap (freezegun's class decorator replaces
+# setUp and tearDown with plain functions that call the originals).
+_WRAPPED_HOOKS = ("setUp", "tearDown", "asyncSetUp", "asyncTearDown")
+
+
+def _callable_from_sync_code(func: Callable[..., Any]) -> Callable[..., Any]:
+    """An async hook that still runs when a sync wrapper calls it and drops the result.
+
+    Called as usual (by the mixin on the test's thread, or awaited from async
+    code), it returns its coroutine. Called from sync code on the DB thread, where
+    the mixin runs a sync wrapper, it runs the coroutine on the test's loop to
+    the end, in the test's transaction, and returns its result.
+    """
+    if getattr(func, "_djat_from_sync", False):
+        return func
+
+    @functools.wraps(func)
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        coro = func(*args, **kwargs)
+        db = running_db_thread()
+        if db is None or not db.is_current() or loop_running():
+            return coro
+        # hypothesis passes every argument by name, the test case too.
+        case: AsyncTestMixin = args[0] if args else kwargs["self"]
+        return case._djat_run_from_db_thread(coro)
+
+    hook._djat_from_sync = True  # type: ignore[attr-defined]
+    return markcoroutinefunction(hook)
+
+
+def _reach_through_sync_wrapper(attr: Any, cls: type) -> None:
+    """Make a sync wrapper around an async hook or test call it so that it runs.
+
+    The wrapper's reference to the async function (a ``functools.wraps``
+    closure, hypothesis's ``inner_test``) is replaced with
+    ``_callable_from_sync_code`` of it, which returns the same coroutine where a
+    coroutine is expected.
+    """
+    given = getattr(attr, "hypothesis", None)
+    inner_test = getattr(given, "inner_test", None)
+    if inner_test is not None and iscoroutinefunction(inner_test):
+        # Hypothesis's @given: its documented hook for plugins that run async
+        # tests; unless the class runs them itself (execute_example).
+        if hasattr(cls, "execute_example"):
+            return
+        given.inner_test = _callable_from_sync_code(inner_test)  # type: ignore[union-attr]
+        return
+    wrapper = attr
+    while (inner := getattr(wrapper, "__wrapped__", None)) is not None:
+        if iscoroutinefunction(inner):
+            if not iscoroutinefunction(wrapper):
+                for cell in getattr(wrapper, "__closure__", None) or ():
+                    if cell.cell_contents is inner:
+                        cell.cell_contents = _callable_from_sync_code(inner)
+            return
+        wrapper = inner
+
+
+def _raised_in(exc: BaseException, qualname_prefix: str) -> bool:
+    """Whether a frame of ``exc``'s traceback runs code whose qualified name starts so."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_qualname.startswith(qualname_prefix):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _is_skipped(case: unittest.TestCase) -> bool:

@@ -16,15 +16,17 @@ import asyncio
 import atexit
 import contextlib
 import os
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from queue import SimpleQueue
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from typing_extensions import ParamSpec
 
 from djasynctest._routing import forget_event_loop
+from djasynctest._watchdog import now
 
 __unittest = True
 
@@ -37,6 +39,45 @@ _Job = tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 _WAKE_UP: Any = ("wake up",)
 
 
+class Hosted(Future[T], Generic[T]):
+    """The future of a job whose caller, while it waits, runs what the job asks of it.
+
+    A job submitted with ``DBThread.submit_hosted`` may call
+    ``DBThread.ask_caller(fn)``: ``fn`` then runs on the thread that waits in
+    ``wait()`` (the test's thread, which owns the test's event loop), while the
+    DB thread serves its queue, so that what ``fn`` sends back to it runs too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self.add_done_callback(_wake_caller)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """The caller: serve the job's requests until it is done, or raise TimeoutError."""
+        __tracebackhide__ = True
+        end = None if timeout is None else now() + timeout
+        while not self.done():
+            try:
+                request = self.requests.get(timeout=None if end is None else max(0.0, end - now()))
+            except queue.Empty:
+                raise TimeoutError from None
+            if request is not None:
+                request()
+
+
+def _wake_caller(future: Future[Any]) -> None:
+    future.requests.put(None)  # type: ignore[attr-defined]
+
+
+def wait(future: Future[Any], timeout: float | None = None) -> None:
+    """Wait for a job (serving a hosted one's requests); ``TimeoutError`` after ``timeout``."""
+    if isinstance(future, Hosted):
+        future.wait(timeout)
+    else:
+        future.exception(timeout=timeout)
+
+
 class DBThread(Executor):
     """A single daemon thread that runs submitted callables one at a time."""
 
@@ -46,7 +87,9 @@ class DBThread(Executor):
         self._lock = threading.Lock()  # orders _closed with the last jobs queued
         self._closed = False
         self.busy = False  # running a job now (read by diagnostics on other threads)
+        self._host: Hosted[Any] | None = None  # the job running now, if its caller serves it
         self.interrupted = False  # stopped because the run was interrupted (Ctrl-C)
+        self.abandoned_by: str | None = None  # the test whose stuck code it was left in
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._work, name="djasynctest-db", daemon=True)
         self.thread.start()
@@ -65,8 +108,59 @@ class DBThread(Executor):
         path of every async ORM call.
         """
         loop = asyncio._get_running_loop()
+        if loop is not None and self.is_current():
+            return self._run_under_loop(loop, fn, args, kwargs)  # type: ignore[return-value]
         future: Any = Future() if loop is None else loop.create_future()
         return self._queue(future, fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def submit_hosted(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Hosted[T]:
+        """Queue ``fn`` from outside the DB thread; ``fn`` may ``ask_caller``."""
+        return self._queue(Hosted(), fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def ask_caller(self, fn: Callable[[], T]) -> T:
+        """On the DB thread, in a hosted job: run ``fn`` on the thread waiting for the job.
+
+        Raises ``LookupError`` when nothing waits so (the job was not hosted).
+        """
+        __tracebackhide__ = True
+        host = self._host
+        if host is None or not self.is_current():
+            raise LookupError("no caller serves the DB thread's current job")
+        answer: Future[T] = Future()
+
+        def request() -> None:
+            # The caller's thread.
+            try:
+                answer.set_result(fn())
+            except BaseException as exc:
+                answer.set_exception(exc)
+
+        host.requests.put(request)
+        self.serve_until(answer)
+        exc = answer.exception()
+        if exc is not None:
+            raise exc
+        return answer.result()
+
+    def _run_under_loop(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> asyncio.Future[Any]:
+        # D, where sync code runs an event loop of its own (asyncio.run() in a
+        # sync test), whose thread-sensitive calls come here: the DB thread is
+        # busy running that very loop, so no queued job could ever run. Run it
+        # now, as the sync code it is, in the test's transaction; hide the loop,
+        # which waits for it anyway, from Django's async-unsafe check.
+        future = loop.create_future()
+        asyncio._set_running_loop(None)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            future.set_exception(exc.with_traceback(_tail(exc)))
+        else:
+            future.set_result(result)
+        finally:
+            asyncio._set_running_loop(loop)
+        return future
 
     @property
     def stopped(self) -> bool:
@@ -81,6 +175,14 @@ class DBThread(Executor):
         return future
 
     def _stopped_error(self) -> RuntimeError:
+        if self.abandoned_by is not None:
+            return RuntimeError(
+                f"The djasynctest DB thread was abandoned when {self.abandoned_by} ran past "
+                "its timeout in sync code that never returned: its connections were closed "
+                "from outside, which rolled its transactions back, with the class's fixtures "
+                "and setUpTestData. The class's remaining tests cannot run; the next test "
+                "class starts a new DB thread."
+            )
         return RuntimeError(
             "The djasynctest DB thread has stopped, and its connections were closed with it: "
             "no more work can run on it, and the work of the test class it served (its "
@@ -115,6 +217,20 @@ class DBThread(Executor):
                 self._jobs.put(None)
         if timeout != 0 and not self.is_current():
             self.thread.join(timeout)
+
+    def abandon(self, test: str) -> None:
+        """From another thread: give up on a DB thread stuck in ``test``'s code.
+
+        It takes no more work, and what is queued fails at once; the caller
+        closes its connections. If the stuck code ever returns, the thread ends.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.abandoned_by = test
+        self._fail_queued_jobs()
+        self._jobs.put(None)  # it ends if its code ever returns
 
     def serve_until(self, awaited: Future[Any]) -> None:
         """On the DB thread: run queued work until ``awaited`` is done.
@@ -158,9 +274,13 @@ class DBThread(Executor):
                 _settle(job[0], exc, failed=True)
 
     def _fail_queued_jobs(self) -> None:
-        # D, at its end: nothing may wait for work that will never run.
-        while not self._jobs.empty():
-            job = self._jobs.get()
+        # D, at its end (or the thread that abandons it): nothing may wait for
+        # work that will never run.
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
             if job is None or job is _WAKE_UP:
                 continue
             future = job[0]
@@ -177,7 +297,9 @@ class DBThread(Executor):
         # Work that arrives here directly (not through sync_to_async) must not
         # find a stale event loop left by an earlier call.
         forget_event_loop()
-        was_busy, self.busy = self.busy, True  # a job may serve others (serve_until)
+        # A job may serve others (serve_until): each has its own state.
+        was_busy, self.busy = self.busy, True
+        host, self._host = self._host, future if isinstance(future, Hosted) else None
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -188,6 +310,7 @@ class DBThread(Executor):
             _settle(future, result, failed=False)
         finally:
             self.busy = was_busy
+            self._host = host
 
 
 def _settle(future: Any, value: Any, *, failed: bool) -> None:

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import asgiref
 import django
 
-from djasynctest._dbthread import running_db_thread
+from djasynctest._dbthread import running_db_thread, wait
 from djasynctest._routing import process_wide_threads
 from djasynctest._watchdog import now, watchdog
 
@@ -184,22 +184,34 @@ class Deadline:
         __tracebackhide__ = True
         if self.report is None:
             try:
-                future.exception(timeout=max(0.0, self._expires - now()))
+                wait(future, timeout=max(0.0, self._expires - now()))
             except TimeoutError:
                 self._timer.cancel()
                 self.report = _stop_db_thread_work()
-                try:
-                    future.exception(timeout=_INTERRUPT_GRACE)
-                except TimeoutError:
+                if not self.settle(future):
                     self.report += (
-                        "It did not stop when its queries were interrupted: the test cannot "
-                        "be rolled back until it does.\n"
+                        "It did not stop when its queries were interrupted: the DB thread "
+                        "was abandoned, and its connections closed, which rolled the test "
+                        "back.\n"
                     )
                 raise self.error() from None
+        elif not self.settle(future):
+            # After the test timed out, a hook got stuck too.
+            raise self.error()
         exc = future.exception()
         if exc is not None:
             raise exc
         return future.result()
+
+    def settle(self, future: Future[Any]) -> bool:
+        """M, once expired: wait a grace period for ``future``'s job; if it is stuck in
+        sync code that never returns, abandon the DB thread. Whether it finished."""
+        try:
+            wait(future, timeout=_INTERRUPT_GRACE)
+        except TimeoutError:
+            abandon_db_thread(self.test)
+            return False
+        return True
 
     def error(self) -> TestTimeout:
         msg = (
@@ -238,6 +250,35 @@ def interrupt_db_thread_queries() -> None:
                 with contextlib.suppress(Exception):
                     stop()
                 break
+
+
+def abandon_db_thread(test: str) -> None:
+    """M: leave the DB thread to the code it is stuck in, and end its transactions.
+
+    It takes no more work (the rest of its class fails with the cause); its
+    connections are ended from here: PostgreSQL's by the server
+    (``pg_terminate_backend``, from a connection of this thread's), then every
+    one at the driver, which rolls back its transactions and releases its
+    locks, SQLite in memory included. The next class starts a new DB thread.
+    """
+    db = running_db_thread()
+    if db is None or db.stopped:
+        return
+    db.abandon(test)
+    for connection in list(_db_thread_connections):
+        raw = connection.connection
+        if raw is None:
+            continue
+        if connection.vendor == "postgresql":
+            with contextlib.suppress(Exception):
+                other = connection.copy()
+                try:
+                    with other.cursor() as cursor:
+                        cursor.execute("SELECT pg_terminate_backend(%s)", [raw.info.backend_pid])
+                finally:
+                    other.close()
+        with contextlib.suppress(Exception):
+            raw.close()
 
 
 def stop_db_thread_on_interrupt() -> None:
