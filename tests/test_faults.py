@@ -419,6 +419,10 @@ def test_code_stuck_forever_is_abandoned_with_its_db_thread_and_later_classes_ru
             async def test_1_stuck(self) -> None:
                 await sync_to_async(stuck)()
 
+        async def asyncTearDown(self) -> None:
+            # Waits behind the stuck code until its DB thread is abandoned.
+            await Item.objects.acount()
+
         async def test_2_after(self) -> None:
             raise AssertionError("must not run without the class's data")
 

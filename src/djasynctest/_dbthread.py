@@ -87,6 +87,7 @@ class DBThread(Executor):
         self._lock = threading.Lock()  # orders _closed with the last jobs queued
         self._closed = False
         self.busy = False  # running a job now (read by diagnostics on other threads)
+        self.jobs_started = 0  # with busy: whether it is still in the same job
         self._host: Hosted[Any] | None = None  # the job running now, if its caller serves it
         self.interrupted = False  # stopped because the run was interrupted (Ctrl-C)
         self.abandoned_by: str | None = None  # the test whose stuck code it was left in
@@ -299,6 +300,7 @@ class DBThread(Executor):
         forget_event_loop()
         # A job may serve others (serve_until): each has its own state.
         was_busy, self.busy = self.busy, True
+        self.jobs_started += 1
         host, self._host = self._host, future if isinstance(future, Hosted) else None
         try:
             result = fn(*args, **kwargs)

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import asgiref
 import django
 
-from djasynctest._dbthread import running_db_thread, wait
+from djasynctest._dbthread import DBThread, running_db_thread, wait
 from djasynctest._routing import process_wide_threads
 from djasynctest._watchdog import now, watchdog
 
@@ -178,6 +178,19 @@ class Deadline:
             return
         self.report = tasks_report(loop, test_task, self.label) + _stop_db_thread_work()
         test_task.cancel()
+        db = running_db_thread()
+        if db is not None and db.busy:
+            # The test's code may be stuck on the DB thread, where cancelling its
+            # task does not reach: what the test does next would wait behind it.
+            job = db.jobs_started
+            watchdog().call_at(
+                now() + _INTERRUPT_GRACE, functools.partial(self._abandon_if_stuck, db, job)
+            )
+
+    def _abandon_if_stuck(self, db: DBThread, job: int) -> None:
+        # The watchdog thread, a grace period after expiry.
+        if db.busy and db.jobs_started == job:
+            abandon_db_thread(self.test)
 
     def result(self, future: Future[T]) -> T:
         """M: the outcome of the test's sync code on the DB thread, waited for until expiry."""
