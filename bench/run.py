@@ -46,8 +46,10 @@ from django.test.utils import setup_databases, setup_test_environment  # noqa: E
 import djasynctest  # noqa: E402
 from djasynctest import AsyncLiveServerTestCase, AsyncTestCase  # noqa: E402
 from djasynctest._dbthread import db_thread  # noqa: E402
-from djasynctest._diagnostics import Deadline, LoopWatch  # noqa: E402
+from djasynctest._blocking import sample  # noqa: E402
+from djasynctest._diagnostics import Deadline  # noqa: E402
 from djasynctest._routing import enter_routing, exit_routing  # noqa: E402
+from djasynctest._watchdog import LoopWatch  # noqa: E402
 from tests.dbconfig import BACKEND  # noqa: E402
 from tests.testapp.models import Item  # noqa: E402
 
@@ -294,7 +296,7 @@ def diagnostics_overhead(count: int, rounds: int) -> dict[str, float]:
         repeat = 20000
         start = time.perf_counter()
         for _ in range(repeat):
-            watch = LoopWatch(loop, 0.1)
+            watch = LoopWatch(loop, 0.1, sample)
             watch.start()
             watch.stop()
         best["detector's own work per test"] = (time.perf_counter() - start) / repeat

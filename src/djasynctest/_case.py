@@ -85,6 +85,7 @@ from djasynctest._diagnostics import (
     LoopBlocked,
     PendingTaskWarning,
     connections_left_open,
+    forget_task_sites,
     leaks_report,
     new_threads,
     stop_db_thread_on_interrupt,
@@ -326,6 +327,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             watch_connections()
         if "tasks" in checks:
             self._djat_tasks_before = asyncio.all_tasks(loop)
+            forget_task_sites()
             track_task_creation(loop, full_stacks=opts.task_creation_stacks)
         if checks:
             self.addCleanup(self._djat_check_leaks)

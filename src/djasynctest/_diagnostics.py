@@ -311,15 +311,22 @@ def stop_db_thread_on_interrupt() -> None:
 
 # --- Leaks ------------------------------------------------------------------------
 
-# Where each task of a watched loop was made: "file:line", or the user's stack.
-_creation_sites: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
+# Where each task made during the current test was made, by id(task): the
+# file and line, or the user's stack. A plain dict, emptied when each test
+# starts (forget_task_sites): the leak report only asks about tasks still
+# alive, whose id is theirs alone; a weak-keyed one costs a weakref per task.
+_creation_sites: dict[int, tuple[str, int] | str] = {}
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+
+
+def forget_task_sites() -> None:
+    _creation_sites.clear()
 
 
 def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -> None:
     """Remember where each task of ``loop`` is made, for the leak report (once per loop).
 
-    By default only the file and line that made it (a frame walk); with
+    By default only the file and line that made it (a short frame walk); with
     ``task_creation_stacks = True``, the whole stack (slow).
     """
     previous = loop.get_task_factory()
@@ -332,13 +339,14 @@ def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -
             task: Any = asyncio.Task(coro, loop=loop, **kwargs)
         else:
             task = previous(loop, coro, **kwargs)
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         if full_stacks:
-            _creation_sites[task] = user_stack(frame)
-        else:
-            while frame.f_back is not None and frame.f_code.co_filename.startswith(_ASYNCIO):
-                frame = frame.f_back
-            _creation_sites[task] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            _creation_sites[id(task)] = user_stack(frame)
+            return task  # type: ignore[no-any-return]
+        while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO):
+            frame = frame.f_back
+        if frame is not None:
+            _creation_sites[id(task)] = (frame.f_code.co_filename, frame.f_lineno)
         return task  # type: ignore[no-any-return]
 
     factory._djat_full_stacks = full_stacks  # type: ignore[attr-defined]
@@ -431,12 +439,12 @@ def leaks_report(
 ) -> str | None:
     parts = []
     for task in tasks:
-        where = _creation_sites.get(task)
+        where = _creation_sites.get(id(task))
         made = (
             "  (not made on the test's loop)\n"
             if where is None
-            else f"  created at {where}\n"
-            if "\n" not in where
+            else f"  created at {where[0]}:{where[1]}\n"
+            if isinstance(where, tuple)
             else f"  created at:\n{where}"
         )
         parts.append(f"task {task.get_name()} ({task.get_coro()!r}) is still pending\n{made}")

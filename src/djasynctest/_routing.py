@@ -111,6 +111,11 @@ def process_wide_threads() -> set[threading.Thread]:
     return set(getattr(SyncToAsync.single_thread_executor, "_threads", ()))
 
 
+# In a context: the thread that last claimed its Local values. Only our
+# hand-overs move a test's context between threads without re-homing them.
+_CLAIMED_BY: contextvars.ContextVar[int] = contextvars.ContextVar("djasynctest.claimed_by")
+
+
 def claim_locals() -> None:
     """Make the asgiref ``Local`` values of the current context this thread's.
 
@@ -121,9 +126,12 @@ def claim_locals() -> None:
     if _Storage is None:
         return
     ident = threading.get_ident()
+    if _CLAIMED_BY.get(None) == ident:
+        return  # this thread claimed it last, and no other ran in it since
     for var, value in contextvars.copy_context().items():
         if type(value) is _Storage and value.thread_id != ident:
             var.set(_Storage(ident, value.data))
+    _CLAIMED_BY.set(ident)
 
 
 def run_in(context: contextvars.Context, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
