@@ -45,8 +45,8 @@ from django.test.utils import setup_databases, setup_test_environment  # noqa: E
 
 import djasynctest  # noqa: E402
 from djasynctest import AsyncLiveServerTestCase, AsyncTestCase  # noqa: E402
-from djasynctest._dbthread import db_thread  # noqa: E402
 from djasynctest._blocking import sample  # noqa: E402
+from djasynctest._dbthread import db_thread  # noqa: E402
 from djasynctest._diagnostics import Deadline  # noqa: E402
 from djasynctest._routing import enter_routing, exit_routing  # noqa: E402
 from djasynctest._watchdog import LoopWatch  # noqa: E402
