@@ -12,9 +12,13 @@ process's DB thread, which owns every database connection):
    Within a class, D queues the next test's ``_pre_setup`` right after each
    rollback, so M no longer waits for it (see ``queue_next_pre_setup``).
 3. Each hook, the test and each cleanup runs where it belongs: coroutine
-   functions on the loop (M), in the test's ``contextvars.Context``; plain
-   functions on D, in that same context. The loop runs only while async code
-   runs, so the two never use the context at the same time.
+   functions on the loop (M), in the test's ``contextvars.Context`` (a copy of
+   the class's, see ``_classlevel``); plain functions on D, in that same
+   context, its asgiref ``Local`` values re-homed at each hand-over (see
+   ``_routing``). The loop runs only while async code runs, so the two never
+   use the context at the same time. While D runs a plain function, M serves
+   it: an async hook that a sync wrapper calls there runs on M's loop (see
+   ``_wrappers``).
 4. Before the first hook, the test's context enters the routing context (see
    ``_routing``): thread-sensitive ``sync_to_async`` calls, which is all of
    Django's async ORM and request handling, go to D.
@@ -28,7 +32,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import sys
 import threading
 import unittest
 import warnings
@@ -40,7 +43,6 @@ from asgiref.sync import (
     ThreadSensitiveContext,
     async_to_sync,
     iscoroutinefunction,
-    markcoroutinefunction,
 )
 from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -70,7 +72,7 @@ from djasynctest._conf import (
     check_class,
     options,
 )
-from djasynctest._dbthread import db_thread, running_db_thread, wait
+from djasynctest._dbthread import db_thread, wait
 from djasynctest._dbtools import (
     AsyncModifySettings,
     AsyncOverrideSettings,
@@ -90,11 +92,13 @@ from djasynctest._diagnostics import (
     new_threads,
     stop_db_thread_on_interrupt,
     track_task_creation,
+    warn_at_test,
     watch_connections,
 )
 from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
 from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
 from djasynctest._watchdog import LoopWatch
+from djasynctest._wrappers import awaited, reach_through_sync_wrappers
 
 __unittest = True
 
@@ -169,12 +173,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         for name in CLASS_HOOKS:
             run_class_hook_on_db_thread(cls, name)
         make_async_set_up_test_data_callable(cls)
-        for name, attr in list(vars(cls).items()):
-            if name in _WRAPPED_HOOKS and iscoroutinefunction(attr):
-                # freezegun's class decorator, applied after this, wraps it.
-                setattr(cls, name, _callable_from_sync_code(attr))
-            elif name in _WRAPPED_HOOKS or name.startswith("test"):
-                _reach_through_sync_wrapper(attr, cls)
+        reach_through_sync_wrappers(cls)
 
     def __init__(self, methodName: str = "runTest") -> None:
         super().__init__(methodName)
@@ -413,12 +412,12 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             result = run_in(context, func, *args, **kwargs)
         else:
             # M serves the job while it waits: an async hook that a sync wrapper
-            # calls there runs here, on the loop (see _callable_from_sync_code).
+            # calls there runs here, on the loop (see _wrappers).
             job = db.submit_hosted(run_in, context, func, *args, **kwargs)
             result = _result(job) if deadline is None else deadline.result(job)
         if inspect.isawaitable(result):
             # A sync wrapper that returns the coroutine of an async function.
-            return self._djat_run_coroutine(_awaited(result))
+            return self._djat_run_coroutine(awaited(result))
         return result
 
     def _djat_run_from_db_thread(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -435,7 +434,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             )
         except LookupError:
             # Not called from a hook (by hand, from a sync test): a loop of its own.
-            return async_to_sync(_awaited)(coro)
+            return async_to_sync(awaited)(coro)
         finally:
             adopt(context)
 
@@ -478,36 +477,17 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if len(own) < len(blocks):
             # A block inside a package's code never fails the test.
             packages = [(held, block) for held, block in blocks if block.package is not None]
-            self._djat_warn(self._djat_blocking_report(packages), BlockingWarning)
+            warn_at_test(self, self._djat_blocking_report(packages), BlockingWarning)
         if own:
             report = self._djat_blocking_report(own)
             if self._djat_options.blocking_mode == "fail":
                 raise LoopBlocked(report)
-            self._djat_warn(report, BlockingWarning)
+            warn_at_test(self, report, BlockingWarning)
 
     def _djat_blocking_report(self, blocks: list[tuple[float, Block]]) -> str:
         threshold = self._djat_options.blocking_threshold
         assert threshold is not None
         return blocking_report(str(self), blocks, threshold)
-
-    def _djat_warn(self, message: str, category: type[Warning]) -> None:
-        """Warn at the test method's own line, where users look, not at the library's."""
-        method = getattr(self, self._testMethodName, None)
-        code = getattr(inspect.unwrap(method), "__code__", None) if method is not None else None
-        if code is None:
-            warnings.warn(message, category, stacklevel=2)
-            return
-        module = type(self).__module__
-        warnings.warn_explicit(
-            message,
-            category,
-            code.co_filename,
-            code.co_firstlineno,
-            module=module,
-            registry=vars(sys.modules[module]).setdefault("__warningregistry__", {})
-            if module in sys.modules
-            else None,
-        )
 
     def _djat_run(
         self,
@@ -546,7 +526,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         connections = connections_left_open() if "connections" in checks else []
         report = leaks_report(str(self), tasks, threads, connections)
         if report is not None:
-            self._djat_warn(report, PendingTaskWarning)
+            warn_at_test(self, report, PendingTaskWarning)
 
     # --- Django's tools, on the DB thread's connections ---------------------
 
@@ -680,68 +660,6 @@ def _result(future: Future[T]) -> T:
     if exc is not None:
         raise exc
     return future.result()
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
-
-
-# The hooks that sync decorators wrap (freezegun's class decorator replaces
-# setUp and tearDown with plain functions that call the originals).
-_WRAPPED_HOOKS = ("setUp", "tearDown", "asyncSetUp", "asyncTearDown")
-
-
-def _callable_from_sync_code(func: Callable[..., Any]) -> Callable[..., Any]:
-    """An async hook that still runs when a sync wrapper calls it and drops the result.
-
-    Called as usual (by the mixin on the test's thread, or awaited from async
-    code), it returns its coroutine. Called from sync code on the DB thread, where
-    the mixin runs a sync wrapper, it runs the coroutine on the test's loop to
-    the end, in the test's transaction, and returns its result.
-    """
-    if getattr(func, "_djat_from_sync", False):
-        return func
-
-    @functools.wraps(func)
-    def hook(*args: Any, **kwargs: Any) -> Any:
-        coro = func(*args, **kwargs)
-        db = running_db_thread()
-        if db is None or not db.is_current() or loop_running():
-            return coro
-        # hypothesis passes every argument by name, the test case too.
-        case: AsyncTestMixin = args[0] if args else kwargs["self"]
-        return case._djat_run_from_db_thread(coro)
-
-    hook._djat_from_sync = True  # type: ignore[attr-defined]
-    return markcoroutinefunction(hook)
-
-
-def _reach_through_sync_wrapper(attr: Any, cls: type) -> None:
-    """Make a sync wrapper around an async hook or test call it so that it runs.
-
-    The wrapper's reference to the async function (a ``functools.wraps``
-    closure, hypothesis's ``inner_test``) is replaced with
-    ``_callable_from_sync_code`` of it, which returns the same coroutine where a
-    coroutine is expected.
-    """
-    given = getattr(attr, "hypothesis", None)
-    inner_test = getattr(given, "inner_test", None)
-    if inner_test is not None and iscoroutinefunction(inner_test):
-        # Hypothesis's @given: its documented hook for plugins that run async
-        # tests; unless the class runs them itself (execute_example).
-        if hasattr(cls, "execute_example"):
-            return
-        given.inner_test = _callable_from_sync_code(inner_test)  # type: ignore[union-attr]
-        return
-    wrapper = attr
-    while (inner := getattr(wrapper, "__wrapped__", None)) is not None:
-        if iscoroutinefunction(inner):
-            if not iscoroutinefunction(wrapper):
-                for cell in getattr(wrapper, "__closure__", None) or ():
-                    if cell.cell_contents is inner:
-                        cell.cell_contents = _callable_from_sync_code(inner)
-            return
-        wrapper = inner
 
 
 def _raised_in(exc: BaseException, qualname_prefix: str) -> bool:

@@ -25,11 +25,13 @@ import concurrent.futures
 import contextlib
 import functools
 import gc
+import inspect
 import os
 import sys
 import threading
 import traceback
 import unittest
+import warnings
 import weakref
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -307,6 +309,25 @@ def stop_db_thread_on_interrupt() -> None:
     db.interrupted = True
     interrupt_db_thread_queries()
     db.stop(timeout=_INTERRUPT_GRACE)
+
+
+def warn_at_test(case: unittest.TestCase, message: str, category: type[Warning]) -> None:
+    """Warn at the test method's own line, where users look, not at the library's."""
+    method = getattr(case, case._testMethodName, None)
+    code = getattr(inspect.unwrap(method), "__code__", None) if method is not None else None
+    if code is None:
+        warnings.warn(message, category, stacklevel=3)
+        return
+    module = type(case).__module__
+    loaded = sys.modules.get(module)
+    warnings.warn_explicit(
+        message,
+        category,
+        code.co_filename,
+        code.co_firstlineno,
+        module=module,
+        registry=None if loaded is None else vars(loaded).setdefault("__warningregistry__", {}),
+    )
 
 
 # --- Leaks ------------------------------------------------------------------------
