@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import unittest
+from typing import Any
 
 import django.test
 import pytest
@@ -72,6 +73,46 @@ def test_wrong_base_order_is_a_type_error_naming_the_right_order() -> None:
         "tests.test_case.test_wrong_base_order_is_a_type_error_naming_the_right_order."
         "<locals>.Wrong: class Wrong(AsyncTestMixin, TestCase)."
     )
+
+
+def test_helper_simple_test_case_before_the_mixin_is_allowed_and_its_class_hooks_run_on_db() -> (
+    None
+):
+    """As Django's own suite does: class T(OptimizerTestBase, OperationTestBase)."""
+    events: list[tuple[str, str]] = []
+
+    class Helpers(django.test.SimpleTestCase):
+        @classmethod
+        def setUpClass(cls) -> None:
+            events.append(("helpers setUpClass", thread()))
+            super().setUpClass()
+            Item.objects.create(name="class data")
+
+        def assertItems(self, count: int) -> None:
+            self.assertEqual(Item.objects.count(), count)
+
+    class UsesHelpers(Helpers, AsyncTestCase):
+        def test_sync(self) -> None:
+            self.assertItems(1)
+            events.append(("test", thread()))
+
+    assert_passed(run_case(UsesHelpers), 1)
+    assert events == [("helpers setUpClass", "db"), ("test", "db")]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_class_that_runs_tests_its_own_way_before_the_mixin_is_a_type_error() -> None:
+    class OwnRunner(django.test.SimpleTestCase):
+        def run(self, result: Any = None) -> Any:
+            return super().run(result)
+
+    with pytest.raises(TypeError) as info:
+
+        class Wrong(OwnRunner, AsyncTestCase):
+            pass
+
+    assert str(info.value).startswith("AsyncTestMixin must come before ")
+    assert "OwnRunner in the bases of" in str(info.value)
 
 
 def test_mixin_without_django_case_is_a_type_error() -> None:

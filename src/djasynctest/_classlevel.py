@@ -47,10 +47,24 @@ CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
 _REMOVE_DATABASES_FAILURES = SimpleTestCase._remove_databases_failures.__func__  # type: ignore[attr-defined]
 
 
+# How unittest and Django start a test: a class before the mixin in the MRO that
+# defines one of these would run the test its own way.
+_ENTRY_POINTS = ("__call__", "run", "debug", "_setup_and_call")
+
+
 def check_bases(cls: type, mixin: type) -> None:
+    """The mixin must come before Django's test cases, and before any class that
+    starts tests its own way; a helper subclass of ``SimpleTestCase`` may come first."""
     mro = cls.__mro__
     for base in mro[: mro.index(mixin)]:
-        if issubclass(base, SimpleTestCase) and not issubclass(base, mixin):
+        if (
+            issubclass(base, SimpleTestCase)
+            and not issubclass(base, mixin)
+            and (
+                base.__module__.startswith("django.")
+                or any(name in vars(base) for name in _ENTRY_POINTS)
+            )
+        ):
             msg = (
                 f"AsyncTestMixin must come before {base.__qualname__} in the bases of "
                 f"{cls.__module__}.{cls.__qualname__}: "
@@ -75,7 +89,10 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
     """
     attr = cls.__dict__.get(name)
     if attr is None:
-        return
+        # Inherited: from the mixin's side (wrapped already), or from a helper
+        # SimpleTestCase subclass that comes before the mixin (wrapped here).
+        owner = next(klass for klass in cls.__mro__ if name in vars(klass))
+        attr = vars(owner)[name]
     func = getattr(attr, "__func__", attr)
     if inspect.iscoroutinefunction(func):
         msg = (

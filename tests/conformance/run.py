@@ -1,17 +1,25 @@
-"""Run part of Django's own test suite with djasynctest's classes swapped in.
+"""Run Django's own test suite with djasynctest's classes swapped in.
 
 ``nox -s conformance`` runs this. It downloads the source of the installed
 Django (its sdist has ``tests/`` and ``runtests.py``), runs the chosen apps
-once as they are and once with ``django.test.TestCase`` and
-``TransactionTestCase`` replaced by ``AsyncTestCase`` and
+(``--all``: every app) once as they are and once with ``django.test.TestCase``
+and ``TransactionTestCase`` replaced by ``AsyncTestCase`` and
 ``AsyncTransactionTestCase`` before any test module imports them, and fails
 unless every test that passes the first time passes the second time (but for
 the reviewed entries of ``allowlist.txt``).
+
+The first run, of Django's whole suite, takes as long as the second: ``--all
+--record`` keeps what it found in ``baseline/`` (the tests that do not pass,
+and the count), for this Django version and these installed packages, and a
+later ``--all`` with both the same reads it instead of running it again.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
+import os
 import re
 import runpy
 import subprocess
@@ -79,13 +87,13 @@ def django_tests(cache: Path) -> Path:
     return folder / "tests"
 
 
-def outcomes(tests: Path, apps: list[str], *, swapped: bool) -> dict[str, str]:
+def outcomes(tests: Path, apps: list[str], *, swapped: bool, parallel: int) -> dict[str, str]:
     command = [sys.executable, str(Path(__file__))]
     if swapped:
         command.append("--swapped-child")
     else:
         command = [sys.executable, "runtests.py"]
-    command += [*apps, "--parallel", "1", "-v", "2", "--noinput"]
+    command += [*apps, "--parallel", str(parallel), "-v", "2", "--noinput"]
     process = subprocess.run(command, cwd=tests, capture_output=True, text=True, check=False)
     output = process.stdout + process.stderr
     found = {match["test"]: match["outcome"] for match in RESULT.finditer(output)}
@@ -96,6 +104,50 @@ def outcomes(tests: Path, apps: list[str], *, swapped: bool) -> dict[str, str]:
             f"({len(found)} read):\n{output[-3000:]}"
         )
     return found
+
+
+def environment() -> dict[str, str]:
+    """What decides which of Django's tests run: its version and the installed packages."""
+    packages = {
+        dist.metadata["Name"].lower(): dist.version
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"].lower() != "djasynctest"
+    }
+    return {"python": sys.version.split()[0], **dict(sorted(packages.items()))}
+
+
+def baseline_path() -> Path:
+    import django
+
+    return HERE / "baseline" / f"django-{django.__version__}.json"
+
+
+def recorded_baseline() -> dict[str, str] | None:
+    """The outcomes of Django's whole suite as it is, if recorded in this environment.
+
+    Only the tests that do not pass are kept; a count stands for the others."""
+    path = baseline_path()
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text())
+    if recorded["environment"] != environment():
+        print(f"{path.name} was recorded with other packages: running Django's suite as it is.")
+        return None
+    plain: dict[str, str] = dict(recorded["not_passing"])
+    plain.update({f"<passing {n}>": "ok" for n in range(recorded["passing"])})
+    return plain
+
+
+def record_baseline(plain: dict[str, str]) -> None:
+    path = baseline_path()
+    path.parent.mkdir(exist_ok=True)
+    recorded = {
+        "environment": environment(),
+        "passing": sum(outcome == "ok" for outcome in plain.values()),
+        "not_passing": dict(sorted((t, o) for t, o in plain.items() if o != "ok")),
+    }
+    path.write_text(json.dumps(recorded, indent=1) + "\n")
+    print(f"Recorded {path.relative_to(HERE.parent.parent)}.")
 
 
 def allowed() -> dict[str, str]:
@@ -123,27 +175,47 @@ def swapped_child(argv: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("apps", nargs="*", default=APPS)
+    parser.add_argument("--all", action="store_true", help="every app of Django's suite")
+    parser.add_argument(
+        "--record", action="store_true", help="with --all: run and record the baseline"
+    )
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "djasynctest-conformance"
     )
     options = parser.parse_args()
+    apps = [] if options.all else options.apps
     tests = django_tests(options.cache)
-    plain = outcomes(tests, options.apps, swapped=False)
-    swapped = outcomes(tests, options.apps, swapped=True)
-    passing = {test for test, outcome in plain.items() if outcome == "ok"}
+    plain = None if options.record or not options.all else recorded_baseline()
+    if plain is None:
+        plain = outcomes(tests, apps, swapped=False, parallel=options.parallel)
+        if options.all:
+            record_baseline(plain)
+    swapped = outcomes(tests, apps, swapped=True, parallel=options.parallel)
     allow = allowed()
-    broken = sorted(test for test in passing if swapped.get(test) != "ok" and test not in allow)
-    print(f"Django's own tests ({', '.join(options.apps)}):")
-    print(f"  as they are:           {len(passing)} passed of {len(plain)}")
+    not_passing = {test for test, outcome in plain.items() if outcome != "ok"}
+    passing = len(plain) - len(not_passing)
+    # Every test that passes as it is must pass swapped: those that ran and did
+    # not pass, unless they do not pass as they are, and those that did not run.
+    broken = sorted(
+        test
+        for test, outcome in swapped.items()
+        if outcome != "ok" and test not in not_passing and test not in allow
+    )
     swapped_ok = sum(outcome == "ok" for outcome in swapped.values())
+    missing = passing - sum(1 for test in swapped if test not in not_passing)
+    print(f"Django's own tests ({', '.join(apps) or 'every app'}):")
+    print(f"  as they are:           {passing} passed of {len(plain)}")
     print(f"  with djasynctest's:    {swapped_ok} passed of {len(swapped)}")
     print(f"  allowed to differ:     {len(allow)}")
     for test in broken:
-        print(f"  BROKEN: {test}: {swapped.get(test, 'not run')}")
+        print(f"  BROKEN: {test}: {swapped[test]}")
+    if missing > 0:
+        print(f"  BROKEN: {missing} tests that pass as they are did not run swapped")
     stale = sorted(test for test in allow if swapped.get(test) == "ok")
     for test in stale:
         print(f"  passes now, remove from allowlist.txt: {test}")
-    return 1 if broken or stale else 0
+    return 1 if broken or stale or missing > 0 else 0
 
 
 if __name__ == "__main__":
