@@ -243,6 +243,26 @@ def test_blocking_call_the_project_makes_into_a_package_fails(slowlib: Any) -> N
     assert re.search(where, text), text
 
 
+def test_block_while_python_imports_a_module_warns_naming_it(tmp_path: Path) -> None:
+    """A library's lazy import (httpx loading httpcore) holds the loop once per process."""
+    (tmp_path / "slow_to_import.py").write_text("import time\n\ntime.sleep(0.3)\n")
+    sys.path.insert(0, str(tmp_path))
+
+    class ImportsLazily(AsyncTestCase):
+        async def test_imports(self) -> None:
+            importlib.import_module("slow_to_import")
+
+    try:
+        with pytest.warns(BlockingWarning) as caught:
+            assert_passed(run_case(ImportsLazily), 1)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("slow_to_import", None)
+    message = str(caught[0].message)
+    assert "ImportsLazily.test_imports), while Python imported slow_to_import." in message
+    assert "Python was importing slow_to_import, which happens once per process" in message
+
+
 def _render_report() -> None:
     time.sleep(0.3)
 

@@ -12,8 +12,9 @@ such as ``time.sleep``), or it called a plain function (``requests.get``,
 the password on the loop) and the block is inside that, the package blocked
 where it offered an async API: the test only warns, naming the package. A
 block with no project frame at all (in a package's own task) is the
-package's too. ``blocking_allowed`` names modules or functions whose blocks
-are not reported at all.
+package's too, and so is a block while Python imports a module (a library's
+lazy import, once per process). ``blocking_allowed`` names modules or
+functions whose blocks are not reported at all.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Block:
     package: str | None  # None: the project's own code blocked
     allowed: bool
     hashing: bool  # inside Django's password hashers
+    importing: str | None = None  # the module Python was loading (a one-time cost)
 
 
 def _package(filename: str) -> str | None:
@@ -95,18 +97,28 @@ def sample(frame: FrameType | None, allowed: tuple[str, ...]) -> Block:
             owner = next(
                 (p for p in packages[callee:] if p != "the standard library"), packages[callee]
             )
+    importing = None
+    if any(f.f_code.co_filename.startswith("<frozen importlib") for f in frames):
+        # Python was loading a module (a library's lazy import): once per process.
+        modules = [f.f_globals.get("__name__") for f in frames if f.f_code.co_name == "<module>"]
+        importing = modules[-1] if modules else "a module"
+        owner = owner or "the import system"
     return Block(
         stack=user_stack(frames[-1] if frames else None),
         package=owner,
         allowed=bool(allowed) and any(_matches(f, allowed) for f in frames),
         hashing=any(f.f_globals.get("__name__") == _HASHERS for f in frames),
+        importing=importing,
     )
 
 
 def report(test: str, blocks: list[tuple[float, Block]], threshold: float) -> str:
     held, block = max(blocks, key=lambda pair: pair[0])
     times = f" ({len(blocks)} times; the longest is shown)" if len(blocks) > 1 else ""
-    where = "" if block.package is None else f", inside {block.package}'s code"
+    if block.importing is not None:
+        where = f", while Python imported {block.importing}"
+    else:
+        where = "" if block.package is None else f", inside {block.package}'s code"
     intro = (
         f"The event loop was blocked for about {held:.2f} s (blocking_threshold is "
         f"{threshold:g} s) in {test}{where}{times}. While it was blocked, its thread was "
@@ -118,6 +130,12 @@ def report(test: str, blocks: list[tuple[float, Block]], threshold: float) -> st
             "aset_password...), and its default hasher takes a fraction of a second by "
             "design. Use a fast hasher in the test settings: PASSWORD_HASHERS = "
             '["django.contrib.auth.hashers.MD5PasswordHasher"].'
+        )
+    if block.importing is not None:
+        return intro + (
+            f"Python was importing {block.importing}, which happens once per process: so it "
+            "warns instead of failing. To keep the import off the loop, import the module at "
+            "the top of the test module."
         )
     if block.package is not None:
         return intro + (
