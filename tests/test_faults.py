@@ -18,7 +18,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from djasynctest import AsyncTestCase
+from djasynctest import AsyncTestCase, _diagnostics
 from djasynctest._dbthread import db_thread
 from tests.testapp.models import Item, Order
 from tests.utils import hang_in_a_query, leftover_rows, run_case
@@ -392,9 +392,11 @@ def test_db_thread_that_stops_fails_its_class_clearly_and_the_next_class_runs() 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_code_stuck_forever_is_abandoned_with_its_db_thread_and_later_classes_run(
-    kind: str,
+    kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sync code that never returns (not a query: nothing to interrupt) cannot hang the run."""
+    # The grace a timed-out test gives its DB thread before abandoning it (5 s).
+    monkeypatch.setattr(_diagnostics, "_INTERRUPT_GRACE", 0.5)
     release = threading.Event()
     first = db_thread()
 

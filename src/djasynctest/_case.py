@@ -286,6 +286,21 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             check_class_transaction(self)
         queue_next_pre_setup(self)
 
+    def _djat_left_behind(self) -> bool:
+        """M: whether the DB thread was abandoned to this test's stuck sync code.
+
+        That code still runs in the test's context, which no other thread can
+        then enter: what is left of the test (its tear-down hooks, whose database
+        work now fails with the cause) runs in a copy of it.
+        """
+        db = db_thread()
+        if not (db.stopped and db.abandoned_by == str(self)):
+            return False
+        if self._djat_routing is not None:
+            self._djat_routing = None  # exited with the context it was entered in, if ever
+            self._asyncioTestContext = self._asyncioTestContext.copy()
+        return True
+
     def _djat_roll_back(self) -> None:
         # M. No timeout may cut the rollback short; but after a timeout, the DB
         # thread may be stuck in the test's sync code, and is then abandoned
@@ -386,8 +401,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                 # debug() stops at the first exception and skips cleanups;
                 # the rollback must happen anyway.
                 self.doCleanups()
-            # The DB thread left to the test's stuck code still runs in its context.
-            if self._djat_routing is not None and db_thread().abandoned_by != str(self):
+            if not self._djat_left_behind() and self._djat_routing is not None:
                 self._asyncioTestContext.run(exit_routing, self._djat_routing)
         finally:
             self._djat_reset()
@@ -405,6 +419,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _djat_call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a hook, test or cleanup: coroutines on the loop, the rest on D."""
         __tracebackhide__ = True
+        self._djat_left_behind()
         if iscoroutinefunction(func):
             return self._djat_run_coroutine(func(*args, **kwargs))
         db, deadline, context = db_thread(), self._djat_deadline, self._asyncioTestContext
