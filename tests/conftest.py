@@ -2,9 +2,14 @@ from __future__ import annotations
 
 import random
 
+import hypothesis
 import pytest
 
 pytest.register_assert_rewrite("tests.utils")
+
+# The suite's hypothesis tests keep no example database in the work tree.
+hypothesis.settings.register_profile("djasynctest", database=None)
+hypothesis.settings.load_profile("djasynctest")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
