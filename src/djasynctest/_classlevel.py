@@ -388,7 +388,7 @@ def _call_in_class_context(
 ) -> T:
     """M: ``func(klass, ...)`` on D, in the class's context (when the class was set up)."""
     __tracebackhide__ = True
-    context = klass.__dict__.get("_djat_context")
+    context = class_context(klass)
     if context is None:
         return db.call(func, klass, *args, **kwargs)
     return db.call(run_in, context, func, klass, *args, **kwargs)
