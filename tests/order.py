@@ -1,7 +1,8 @@
 """Order does not matter: the library's suite and the example's, shuffled and reversed.
 
-Runs each suite in its usual order, under five shuffle seeds and reversed, and
-checks that every run passes with the same counts. The library's tests that
+Runs each suite under two shuffle seeds (or those given) and reversed, and checks
+that every run passes with the counts of the others (the usual order is what the
+test sessions run). The library's tests that
 only start subprocesses (tests/test_runners.py, tests/test_bootstrap.py) are
 left out: each of their runs is a fresh process, whatever the order.
 
@@ -16,8 +17,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = [int(seed) for seed in sys.argv[1:]] or [1, 7, 42, 1234, 98765]
-ORDERS = [[]] + [["--shuffle", str(seed)] for seed in SEEDS] + [["--reverse"]]
+SEEDS = [int(seed) for seed in sys.argv[1:]] or [7, 1234]
+ORDERS = [["--shuffle", str(seed)] for seed in SEEDS] + [["--reverse"]]
 
 
 def run(command: list[str], cwd: Path, pattern: str) -> str:
