@@ -124,8 +124,25 @@ FLAVOURS: dict[str, tuple[type, bool, dict[str, Any]]] = {
     "IsolatedAsyncioTestCase": (unittest.IsolatedAsyncioTestCase, True, {}),
     "AsyncTestCase, loop per test": (AsyncTestCase, True, {}),
     "AsyncTestCase, loop per class": (AsyncTestCase, True, {"loop_scope": "class"}),
+    "AsyncTestCase, loop per class, cpu_affinity off": (
+        AsyncTestCase,
+        True,
+        {"loop_scope": "class", "cpu_affinity": False},
+    ),
 }
 KINDS = ["trivial", "orm", "testdata", "client"]
+
+# (kind, flavour): the most it may cost, as a ratio to the sync TestCase test.
+TARGETS = {
+    ("trivial", "AsyncTestCase, loop per test"): 2.0,
+    ("trivial", "AsyncTestCase, loop per class"): 1.5,
+    ("orm", "AsyncTestCase, loop per test"): 1.5,
+    ("orm", "AsyncTestCase, loop per class"): 1.5,
+    ("client", "AsyncTestCase, loop per test"): 1.4,
+    ("client", "AsyncTestCase, loop per class"): 1.2,
+}
+# kind: how much faster than Django's own async def test, at least (loop per test).
+AHEAD_OF_DJANGO = {"trivial": 1.5, "orm": 1.25}
 
 
 def make_class(base: type, attrs: dict[str, Any], count: int) -> type:
@@ -137,8 +154,20 @@ def make_class(base: type, attrs: dict[str, Any], count: int) -> type:
     return type("Bench", (base,), {"__module__": __name__, **attrs, **methods})
 
 
-def run_suite(case: type) -> float:
-    suite = unittest.defaultTestLoader.loadTestsFromTestCase(case)
+def make_suite(base: type, attrs: dict[str, Any], count: int, per_class: int) -> unittest.TestSuite:
+    """``count`` tests in classes of ``per_class``, as a real suite has them."""
+    suite = unittest.TestSuite()
+    for _ in range(max(1, count // per_class)):
+        case = make_class(base, attrs, per_class)
+        suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(case))
+    return suite
+
+
+def run_suite(case: type | unittest.TestSuite) -> float:
+    if isinstance(case, unittest.TestSuite):
+        suite = case
+    else:
+        suite = unittest.defaultTestLoader.loadTestsFromTestCase(case)
     result = unittest.TestResult()
     start = time.perf_counter()
     suite.run(result)
@@ -148,7 +177,7 @@ def run_suite(case: type) -> float:
     return elapsed / result.testsRun
 
 
-def per_test_costs(count: int, rounds: int) -> dict[str, dict[str, float]]:
+def per_test_costs(count: int, rounds: int, per_class: int) -> dict[str, dict[str, float]]:
     classes = {}
     for kind in KINDS:
         for flavour, (base, is_async, extra) in FLAVOURS.items():
@@ -158,12 +187,13 @@ def per_test_costs(count: int, rounds: int) -> dict[str, dict[str, float]]:
             if base is django.test.TestCase and "setUp" in attrs:
                 # Django's TestCase calls setUp synchronously, even for async tests.
                 attrs["setUp"] = bodies(kind, False)["setUp"]
-            classes[kind, flavour] = make_class(base, {**attrs, **extra}, count)
+            classes[kind, flavour] = (base, {**attrs, **extra})
     best: dict[tuple[str, str], float] = {}
     for _ in range(rounds):
-        for key, case in classes.items():
+        for key, (base, attrs) in classes.items():
+            suite = make_suite(base, attrs, count, per_class)
             gc.collect()
-            cost = run_suite(case)
+            cost = run_suite(suite)
             best[key] = min(cost, best.get(key, cost))
     table: dict[str, dict[str, float]] = {}
     for (kind, flavour), cost in best.items():
@@ -404,16 +434,37 @@ def print_ratios(costs: dict[str, float], reference: str, *, width: int) -> None
         print(f"  {flavour:{width}} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
 
 
+def target_lines(per_test: dict[str, dict[str, float]]) -> list[str]:
+    """Each target of TARGETS and AHEAD_OF_DJANGO, with the ratio measured, met or missed."""
+    lines = []
+    for (kind, flavour), most in TARGETS.items():
+        ratio = per_test[kind][flavour] / per_test[kind]["TestCase (sync)"]
+        verdict = "met" if ratio <= most else "MISSED"
+        lines.append(f"{kind:8} {flavour:36} {ratio:5.2f}x sync (<= {most:.2f}x)  {verdict}")
+    for kind, least in AHEAD_OF_DJANGO.items():
+        costs = per_test[kind]
+        ahead = costs["TestCase (async def)"] / costs["AsyncTestCase, loop per test"]
+        verdict = "met" if ahead >= least else "MISSED"
+        lines.append(
+            f"{kind:8} {'ahead of Django async def (loop per test)':36} "
+            f"{ahead:5.2f}x faster (>= {least:.2f}x)  {verdict}"
+        )
+    return lines
+
+
 def print_table(results: dict[str, Any]) -> None:
     versions = results["versions"]
     print(
         f"djasynctest {versions['djasynctest']}, Django {versions['django']}, "
         f"Python {versions['python']}, {versions['database']}, "
-        f"{results['tests_per_class']} tests per class"
+        f"{results['tests']} tests of each kind in classes of {results['tests_per_class']}"
     )
     for kind, costs in results["per_test"].items():
         print(f"\n{kind}:")
-        print_ratios(costs, "TestCase (sync)", width=32)
+        print_ratios(costs, "TestCase (sync)", width=48)
+    print("\nTargets:")
+    for line in target_lines(results["per_test"]):
+        print(f"  {line}")
     if "live_server" in results:
         count = results["live_server_tests_per_class"]
         print(f"\nLive server, one GET per test ({count} tests per class):")
@@ -445,7 +496,10 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tests", type=int, default=500, help="tests per class (default 500)")
+    parser.add_argument(
+        "--tests", type=int, default=400, help="tests of each kind and flavour (default 400)"
+    )
+    parser.add_argument("--per-class", type=int, default=10, help="tests per class (default 10)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--quick", action="store_true", help="skip parallel and resource runs")
@@ -453,14 +507,15 @@ def main() -> None:
     setup_test_environment()
     setup_databases(verbosity=0, interactive=False, aliases={"default"})
     results: dict[str, Any] = {
-        "tests_per_class": options.tests,
+        "tests": options.tests,
+        "tests_per_class": options.per_class,
         "versions": {
             "djasynctest": djasynctest.__version__,
             "django": django.__version__,
             "python": platform.python_version(),
             "database": BACKEND,
         },
-        "per_test": per_test_costs(options.tests, options.rounds),
+        "per_test": per_test_costs(options.tests, options.rounds, options.per_class),
         "live_server_tests_per_class": min(options.tests, 100),
         "live_server": live_server_costs(min(options.tests, 100), options.rounds),
         "hops": hop_costs(2000),

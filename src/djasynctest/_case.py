@@ -153,6 +153,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     #: The leaks reported when a test ends: some of ``"tasks"``, ``"threads"`` and
     #: ``"connections"`` (default: all three).
     leak_checks: ClassVar[Collection[str]] = INHERITED
+    #: While the class runs, keep the test's thread and the DB thread on one CPU, where
+    #: handing work between them is cheapest (default ``True``; Linux; parallel workers
+    #: each take a different CPU).
+    cpu_affinity: ClassVar[bool] = INHERITED
 
     _asyncioRunner: asyncio.Runner | None
     _asyncioTestContext: contextvars.Context

@@ -30,6 +30,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections, transaction
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
+from djasynctest._affinity import pin_together
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
@@ -126,8 +127,7 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
             try:
                 return func(klass, *args, **kwargs)
             finally:
-                _close_class_loop(klass)
-                _forget_class_context(klass)
+                _class_done(klass)
         try:
             if name == "setUpClass":
                 return _set_up_class(db, func, klass, *args, **kwargs)
@@ -139,8 +139,7 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
         try:
             return _call_in_class_context(db, func, klass, *args, **kwargs)
         finally:
-            _close_class_loop(klass)
-            _forget_class_context(klass)
+            _class_done(klass)
 
     on_db_thread._djat_db_thread = True  # type: ignore[attr-defined]
     setattr(cls, name, classmethod(on_db_thread))
@@ -163,6 +162,8 @@ def _set_up_class(
                 raise TypeError(msg)
     ensure_test_databases(_aliases(klass))
     connect_receivers()
+    if opts.cpu_affinity:
+        klass._djat_unpin = pin_together(db.thread.native_id)
     set_up = _rolled_back_on_failure(_with_runner_state(func, klass), klass)
     context = klass._djat_context = contextvars.copy_context()
     # M runs an event loop while D sets the class up, so that an async
@@ -397,6 +398,19 @@ def _call_in_class_context(
 def class_context(klass: type) -> contextvars.Context | None:
     """The context of ``klass`` between its ``setUpClass`` and its class cleanups."""
     return klass.__dict__.get("_djat_context")
+
+
+def _class_done(klass: Any) -> None:
+    # M, after the class's last hook (doClassCleanups, which unittest and pytest
+    # call after a failed setUpClass too).
+    try:
+        _close_class_loop(klass)
+    finally:
+        _forget_class_context(klass)
+        unpin = klass.__dict__.get("_djat_unpin")
+        if unpin is not None:
+            del klass._djat_unpin
+            unpin()
 
 
 def _forget_class_context(klass: Any) -> None:

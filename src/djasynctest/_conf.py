@@ -31,6 +31,7 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "timeout": ("TIMEOUT", None),
     "task_creation_stacks": ("TASK_CREATION_STACKS", False),
     "leak_checks": ("LEAK_CHECKS", LEAK_KINDS),
+    "cpu_affinity": ("CPU_AFFINITY", True),
 }
 _UNSET = object()
 
@@ -45,6 +46,7 @@ class Options:
     timeout: float | None
     task_creation_stacks: bool
     leak_checks: frozenset[str]
+    cpu_affinity: bool
 
 
 def _check(name: str, value: Any, where: str) -> Any:
@@ -54,7 +56,8 @@ def _check(name: str, value: Any, where: str) -> Any:
 
     if name == "loop_scope" and value not in ("test", "class"):
         fail("'test' (a new event loop for each test) or 'class' (one for the whole class)")
-    if name in ("loop_debug", "task_creation_stacks") and not isinstance(value, bool):
+    flags = ("loop_debug", "task_creation_stacks", "cpu_affinity")
+    if name in flags and not isinstance(value, bool):
         fail("True or False")
     if name in ("blocking_threshold", "timeout") and not _seconds_or_none(value):
         fail("a number of seconds greater than 0, or None to turn it off")

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from typing_extensions import ParamSpec
 
+from djasynctest._affinity import unpinned
 from djasynctest._routing import forget_event_loop
 from djasynctest._watchdog import now
 
@@ -252,6 +253,7 @@ class DBThread(Executor):
 
     def _work(self) -> None:
         # Runs on the DB thread for its whole life.
+        unpinned()
         try:
             while (job := self._jobs.get()) is not None:
                 if job is not _WAKE_UP:

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from djasynctest._affinity import unpinned
+
 __unittest = True
 
 #: The real monotonic clock: a reference to the function that freezegun's
@@ -124,6 +126,7 @@ class _Watchdog:
         return timer
 
     def _run(self) -> None:
+        unpinned()
         idle_since = now()
         while True:
             current = now()
