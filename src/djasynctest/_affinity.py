@@ -84,11 +84,18 @@ def _restore(masks: dict[int, set[int]]) -> None:
 
 def _slot(cpus: list[int]) -> int:
     """The index in ``cpus`` of the CPU this process takes."""
+    global _chosen
     worker = _worker_number()
     if worker is not None:
         return worker % len(cpus)
-    current = _current_cpu()
+    if _chosen is None or _chosen[0] != os.getpid():
+        # The CPU the scheduler ran the first class on, for every class after it.
+        _chosen = (os.getpid(), _current_cpu())
+    current = _chosen[1]
     return cpus.index(current) if current in cpus else 0
+
+
+_chosen: tuple[int, int | None] | None = None
 
 
 def _worker_number() -> int | None:

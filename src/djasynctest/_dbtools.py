@@ -109,7 +109,19 @@ def keep_test_transactions(*, connection: Any, **kwargs: Any) -> None:
     connection._djat_keeps = True
 
 
+_receivers_connected = False
+
+
 def connect_receivers() -> None:
+    """Connect the library's signal receivers, once per process.
+
+    Each ``connect`` clears the signal's cache of receivers, which every later
+    ``send`` then rebuilds: doing it for each test class would cost both.
+    """
+    global _receivers_connected
+    if _receivers_connected:
+        return
+    _receivers_connected = True
     from django.db.backends.signals import connection_created
 
     from djasynctest._diagnostics import on_connection_created
@@ -138,6 +150,7 @@ class OnDBThread(Generic[T]):
         return self._cm.__enter__()
 
     def _exit(self, *exc_info: Any) -> bool | None:
+        __tracebackhide__ = True
         assert self._cm is not None, "exited before it was entered"
         return self._cm.__exit__(*exc_info)
 
