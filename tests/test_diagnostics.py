@@ -263,6 +263,27 @@ def test_block_while_python_imports_a_module_warns_naming_it(tmp_path: Path) -> 
     assert "Python was importing slow_to_import, which happens once per process" in message
 
 
+def test_a_librarys_own_lazy_import_is_not_reported(slowlib: Any) -> None:
+    """httpx imports httpcore when the first client is made: only the machine sets its length."""
+    (Path(slowlib.__file__).parent / "backend.py").write_text("import time\n\ntime.sleep(0.3)\n")
+    Path(slowlib.__file__).write_text(
+        Path(slowlib.__file__).read_text() + "\n\ndef client():\n    from slowlib import backend\n"
+    )
+    importlib.reload(slowlib)
+
+    class MakesAClient(AsyncTestCase):
+        async def test_client(self) -> None:
+            slowlib.client()  # holds the loop for 0.3 s, importing slowlib.backend
+            self.assertIn("slowlib.backend", sys.modules)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_passed(run_case(MakesAClient), 1)
+    finally:
+        sys.modules.pop("slowlib.backend", None)
+
+
 def _render_report() -> None:
     time.sleep(0.3)
 

@@ -8,7 +8,6 @@ import sys
 import unittest
 from typing import Any, ClassVar
 
-import httpcore  # noqa: F401  (httpx imports it when the first client is made: not on the loop)
 import httpx
 import pytest
 from django.contrib.auth.models import User

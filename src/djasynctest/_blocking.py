@@ -12,14 +12,17 @@ such as ``time.sleep``), or it called a plain function (``requests.get``,
 the password on the loop) and the block is inside that, the package blocked
 where it offered an async API: the test only warns, naming the package. A
 block with no project frame at all (in a package's own task) is the
-package's too, and so is a block while Python imports a module (a library's
-lazy import, once per process). ``blocking_allowed`` names modules or
-functions whose blocks are not reported at all.
+package's too. A block while Python imports a module happens once per
+process: when the project's code imports it (a lazy import in a function),
+it warns; when a library does (httpx loading httpcore on first use), it is
+not reported, as its length depends only on the machine. ``blocking_allowed``
+names modules or functions whose blocks are not reported at all.
 """
 
 from __future__ import annotations
 
 import asyncio.runners
+import importlib
 import inspect
 import os
 import sysconfig
@@ -40,6 +43,7 @@ _OWN = os.path.join(os.path.dirname(__file__), "")
 _HASHERS = "django.contrib.auth.hashers"
 # What runs on the loop starts after asyncio.Runner.run.
 _RUNNERS = asyncio.runners.__file__
+_IMPORTLIB = importlib.__file__  # importlib.import_module: who called it imports
 
 
 @dataclass(frozen=True)
@@ -98,15 +102,30 @@ def sample(frame: FrameType | None, allowed: tuple[str, ...]) -> Block:
                 (p for p in packages[callee:] if p != "the standard library"), packages[callee]
             )
     importing = None
-    if any(f.f_code.co_filename.startswith("<frozen importlib") for f in frames):
-        # Python was loading a module (a library's lazy import): once per process.
+    lazy_import_of_a_library = False
+    first_import = next(
+        (i for i, f in enumerate(frames) if f.f_code.co_filename.startswith("<frozen importlib")),
+        None,
+    )
+    if first_import is not None:
+        # Python was loading a module: once per process.
         modules = [f.f_globals.get("__name__") for f in frames if f.f_code.co_name == "<module>"]
         importing = modules[-1] if modules else "a module"
         owner = owner or "the import system"
+        importer = next(
+            (f for f in reversed(frames[:first_import]) if f.f_code.co_filename != _IMPORTLIB),
+            None,
+        )
+        # A library's own lazy import (httpx loading httpcore, anyio its backend): how
+        # long it takes depends on the machine, and only pre-importing would avoid it.
+        lazy_import_of_a_library = importer is not None and _package(
+            importer.f_code.co_filename
+        ) not in (None, "djasynctest")
     return Block(
         stack=user_stack(frames[-1] if frames else None),
         package=owner,
-        allowed=bool(allowed) and any(_matches(f, allowed) for f in frames),
+        allowed=lazy_import_of_a_library
+        or (bool(allowed) and any(_matches(f, allowed) for f in frames)),
         hashing=any(f.f_globals.get("__name__") == _HASHERS for f in frames),
         importing=importing,
     )

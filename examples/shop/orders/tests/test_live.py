@@ -1,6 +1,5 @@
 import json
 
-import httpcore  # noqa: F401  (httpx imports it when the first client is made: not on the loop)
 import httpx
 from django.contrib.auth.models import User
 from websockets.asyncio.client import connect
