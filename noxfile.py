@@ -119,12 +119,16 @@ def tests(session: nox.Session, django: str, db: str) -> None:
     _install(session, django, db)
     if db == "postgres" and not _postgres_reachable(session):
         _skip_without_postgres(session)
+    # Two workers where there are two CPUs: most of the suite's time is in
+    # subprocesses (runners, the pytest plugin's projects), which share nothing.
+    workers = ["-n", "2"] if (os.cpu_count() or 1) >= 2 else []
     session.run(
         "python",
         "-W",
         "error",
         "-m",
         "pytest",
+        *workers,
         *session.posargs,
         env={"DJASYNCTEST_DB": db, "PYTHONDEVMODE": "1"},
     )
@@ -183,10 +187,12 @@ def release(session: nox.Session) -> None:
 
 @nox.session(python=None)
 def example(session: nox.Session) -> None:
-    """The example project's async test suite, on SQLite, as a user runs it."""
+    """The example project's async test suites, on SQLite, as a user runs them: the
+    unittest classes under manage.py test, the pytest-style module under pytest."""
     session.install("-e", ".", "-r", "examples/shop/requirements.txt")
     session.chdir("examples/shop")
     session.run("python", "-W", "error", "manage.py", "test", *session.posargs)
+    session.run("python", "-W", "error", "-m", "pytest", "orders/tests/test_pytest_style.py")
 
 
 @nox.session(python=None, tags=["ci"])
@@ -228,10 +234,23 @@ def conformance(session: nox.Session, django: str) -> None:
 
 @nox.session(python=ONE_PYTHON)
 def bench(session: nox.Session) -> None:
-    """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more."""
-    session.install(DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt")
+    """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more;
+    on SQLite in memory, then (shorter) on PostgreSQL when a server is reachable."""
+    session.install(
+        DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt", "psycopg[binary]>=3.1"
+    )
     session.run("python", "bench/run.py", *session.posargs)
     session.run("python", "bench/plot.py")
+    if _postgres_reachable(session):
+        postgres = ["--quick", "--json", "bench/results/postgres.json"]
+        session.run(
+            "python",
+            "bench/run.py",
+            *postgres,
+            env={"DJASYNCTEST_DB": "postgres", "DJASYNCTEST_NAME_SUFFIX": "_bench"},
+        )
+    else:
+        session.log("PostgreSQL is not reachable: its benchmark is left out (see .ci/run).")
 
 
 @nox.session(python=ONE_PYTHON, tags=["ci"])

@@ -2,8 +2,8 @@
 
 Runs each suite under two shuffle seeds (or those given) and reversed, and checks
 that every run passes with the counts of the others (the usual order is what the
-test sessions run). The library's tests that
-only start subprocesses (tests/test_runners.py, tests/test_bootstrap.py) are
+test sessions run). The library's tests that only start subprocesses
+(tests/test_runners.py, tests/test_bootstrap.py, tests/test_pytest_plugin.py) are
 left out: each of their runs is a fresh process, whatever the order.
 
     python tests/order.py [SEED ...]
@@ -46,6 +46,7 @@ def main() -> None:
                 "no:cacheprovider",
                 "--ignore=tests/test_runners.py",
                 "--ignore=tests/test_bootstrap.py",
+                "--ignore=tests/test_pytest_plugin.py",
             ],
             ROOT,
             r"^(\d+ passed.*) in [\d.]+s",

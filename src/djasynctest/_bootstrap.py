@@ -11,8 +11,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 __unittest = True
@@ -24,7 +26,7 @@ def setup_django() -> None:
     This runs when ``djasynctest`` is imported, so that test modules imported
     after it by ``python -m unittest`` can import models at module level.
     """
-    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+    if not os.environ.get("DJANGO_SETTINGS_MODULE") or _imported_as_pytest_plugin():
         return
     from django.apps import apps
 
@@ -33,6 +35,26 @@ def setup_django() -> None:
     import django
 
     django.setup()
+
+
+def _imported_as_pytest_plugin() -> bool:
+    """Whether pytest is importing the library as a plugin (``-p djasynctest.pytest``).
+
+    pytest imports ``-p`` plugins before pytest-django has read ``--ds`` and put
+    the project on ``sys.path``; pytest-django sets Django up itself right after.
+    Done here, it would fail to import the settings, or import the wrong ones.
+    """
+    if "_pytest.config" not in sys.modules:
+        return False
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if (
+            frame.f_code.co_name == "import_plugin"
+            and frame.f_globals.get("__name__") == "_pytest.config"
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _TestDatabases:

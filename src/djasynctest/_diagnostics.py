@@ -314,11 +314,16 @@ def stop_db_thread_on_interrupt() -> None:
 def warn_at_test(case: unittest.TestCase, message: str, category: type[Warning]) -> None:
     """Warn at the test method's own line, where users look, not at the library's."""
     method = getattr(case, case._testMethodName, None)
-    code = getattr(inspect.unwrap(method), "__code__", None) if method is not None else None
-    if code is None:
+    if not warn_at(method, type(case).__module__, message, category):
         warnings.warn(message, category, stacklevel=3)
-        return
-    module = type(case).__module__
+
+
+def warn_at(function: Any, module: str, message: str, category: type[Warning]) -> bool:
+    """Warn at the first line of ``function`` (of ``module``); False if it has no code."""
+    __tracebackhide__ = True
+    code = getattr(inspect.unwrap(function), "__code__", None) if function is not None else None
+    if code is None:
+        return False
     loaded = sys.modules.get(module)
     warnings.warn_explicit(
         message,
@@ -328,6 +333,7 @@ def warn_at_test(case: unittest.TestCase, message: str, category: type[Warning])
         module=module,
         registry=None if loaded is None else vars(loaded).setdefault("__warningregistry__", {}),
     )
+    return True
 
 
 # --- Leaks ------------------------------------------------------------------------

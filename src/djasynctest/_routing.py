@@ -145,17 +145,20 @@ def _claimed(func: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, An
     return func(*args, **kwargs)
 
 
-def adopt(context: contextvars.Context) -> None:
+def adopt(context: contextvars.Context) -> list[contextvars.Token[Any]]:
     """Set the variables of ``context``, which ran on another thread, in the current one.
 
     What asgiref's ``_restore_context`` does when a ``sync_to_async`` or
     ``async_to_sync`` call returns: what the other side set is seen here.
+    Resetting the tokens it returns, newest first, undoes it.
     """
+    tokens = []
     for var, value in context.items():
         try:
             if var.get() is value:
                 continue
         except LookupError:
             pass
-        var.set(value)
+        tokens.append(var.set(value))
     claim_locals()
+    return tokens

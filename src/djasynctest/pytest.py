@@ -1,0 +1,730 @@
+"""The pytest plugin: async test functions and fixtures in the test's DB thread transaction.
+
+Enabled with ``-p djasynctest.pytest`` (or ``pytest_plugins``, or ``addopts``).
+How an item runs (M = pytest's thread, which runs the event loops; D = the DB thread):
+
+1. An item is *async-DB* when pytest-django sets its database up (``db``,
+   ``transactional_db``, ``django_db``) and its test function or a fixture in
+   its closure is ``async def``. Other items run as pytest-django runs them.
+2. For an async-DB item, pytest-django's ``_django_db_helper`` (the per-test
+   ``TestCase``, its transaction) runs on D, and M's context enters the routing
+   context (see ``_routing``). Every coroutine run after that, by us or by
+   pytest-asyncio, runs in a copy of M's context, so its thread-sensitive calls
+   (the async ORM, ``async_client`` requests) go to D. At teardown the routing
+   context is exited and the rest of the helper (the rollback) runs on D.
+3. While its database is set up, the item's sync function-scoped fixtures and
+   its sync test function run on D, in a copy of M's context whose changes come
+   back to M (``adopt``) as if they had run there. Fixtures of pytest,
+   pytest-asyncio, pytest-django's plugin module and this module stay on M.
+4. Async fixtures and tests that pytest-asyncio does not claim (it is absent,
+   or in strict mode and they are not its) run on our loops, one per fixture
+   scope (the ``_djasynctest_<scope>_loop`` fixtures); the test on the
+   function's. Each run is watched by the blocking detector; the function loop
+   carries the test's timeout, and reports its leaks when it closes, after the
+   teardown of every other function fixture.
+5. Django's connection-bound tools (``django_assert_num_queries``,
+   ``django_assert_max_num_queries``, ``django_capture_on_commit_callbacks``)
+   return context managers that are made, entered and exited on D.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import threading
+import unittest
+import warnings
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import pytest
+from _pytest.fixtures import resolve_fixture_function
+from django.core.exceptions import SynchronousOnlyOperation
+
+from djasynctest._blocking import Block
+from djasynctest._blocking import report as blocking_report
+from djasynctest._blocking import sample as sample_block
+from djasynctest._case import SYNC_ORM_HINT
+from djasynctest._classlevel import _RUNNER_STATE
+from djasynctest._conf import Options, _check, _close_option, options
+from djasynctest._dbthread import DBThread, db_thread, running_db_thread, wait
+from djasynctest._dbtools import OnDBThread, connect_receivers
+from djasynctest._diagnostics import (
+    BlockingWarning,
+    Deadline,
+    LoopBlocked,
+    PendingTaskWarning,
+    connections_left_open,
+    forget_task_sites,
+    leaks_report,
+    new_threads,
+    track_task_creation,
+    warn_at,
+    watch_connections,
+)
+from djasynctest._loop import close_runner, new_runner, run_on
+from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
+from djasynctest._watchdog import LoopWatch
+
+__unittest = True
+
+T = TypeVar("T")
+
+#: The options a test sets with ``@pytest.mark.djasynctest(...)`` or the ini option
+#: ``djasynctest_<name>``; the others of ``settings.DJASYNCTEST`` are for test classes.
+PYTEST_OPTIONS = (
+    "timeout",
+    "blocking_threshold",
+    "blocking_mode",
+    "blocking_allowed",
+    "leak_checks",
+    "task_creation_stacks",
+    "loop_debug",
+)
+_FUNCTION_LOOP = "_djasynctest_function_loop"
+# Fixtures that stay on M: they do not touch the database, and some cannot move
+# (monkeypatch, capsys); pytest_django.fixtures (client, settings...) moves.
+_STAY_ON_MAIN_THREAD = ("_pytest.", "pytest_asyncio.", "pytest_django.plugin", __name__)
+_NUM_QUERIES = ("django_assert_num_queries", "django_assert_max_num_queries")
+_ON_COMMIT = "django_capture_on_commit_callbacks"
+
+
+# --- Configuration ---------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    helps = {
+        "timeout": "seconds each async test may run (none: no limit, the default)",
+        "blocking_threshold": "seconds a callback may hold the event loop (default 0.1; none: off)",
+        "blocking_mode": "fail (default) or warn when the event loop is blocked",
+        "blocking_allowed": "dotted names of modules or functions whose blocking is not reported",
+        "leak_checks": "the leaks reported: some of tasks threads connections, or none",
+        "task_creation_stacks": "true: show the whole stack where a leaked task was made",
+        "loop_debug": "true: run the event loops in asyncio's debug mode",
+    }
+    for name in PYTEST_OPTIONS:
+        parser.addini(f"djasynctest_{name}", f"djasynctest: {helps[name]}.", default="")
+
+
+_INI = pytest.StashKey[dict[str, Any]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        from pytest_django import plugin as django_plugin
+    except ImportError:
+        django_plugin = None  # type: ignore[assignment]
+    if django_plugin is None or not config.pluginmanager.is_registered(django_plugin):
+        msg = (
+            "djasynctest.pytest runs tests with pytest-django's database, and pytest-django "
+            "is not installed or is disabled: pip install pytest-django, and remove any "
+            "-p no:django."
+        )
+        raise pytest.UsageError(msg)
+    config.addinivalue_line(
+        "markers",
+        "djasynctest(timeout=None, blocking_threshold=0.1, blocking_mode='fail', "
+        "blocking_allowed=(), leak_checks=('tasks', 'threads', 'connections'), "
+        "task_creation_stacks=False, loop_debug=False): djasynctest's diagnostics for "
+        "this test's async code.",
+    )
+    given: dict[str, Any] = {}
+    for name in PYTEST_OPTIONS:
+        text = config.getini(f"djasynctest_{name}").strip()
+        if text:
+            try:
+                given[name] = _from_ini(name, text)
+            except TypeError as exc:
+                raise pytest.UsageError(str(exc)) from None
+    config.stash[_INI] = given
+
+
+def _from_ini(name: str, text: str) -> Any:
+    value: Any = text
+    words = value.replace(",", " ").split()
+    if value.lower() == "none":
+        value = () if name in ("blocking_allowed", "leak_checks") else None
+    elif name in ("timeout", "blocking_threshold"):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    elif name in ("task_creation_stacks", "loop_debug"):
+        value = {"true": True, "false": False}.get(value.lower(), value)
+    elif name in ("blocking_allowed", "leak_checks"):
+        value = words
+    return _check(name, value, f"The ini option djasynctest_{name}")
+
+
+def _options(node: pytest.Item | pytest.Collector) -> Options:
+    """The options for ``node``: its closest marker's, then the ini's, then the settings'."""
+    given = node.config.stash[_INI].copy()
+    for mark in reversed(list(node.iter_markers("djasynctest"))):
+        if mark.args:
+            pytest.fail(
+                f"{node.nodeid}: @pytest.mark.djasynctest takes its options by name, "
+                "as in @pytest.mark.djasynctest(timeout=5).",
+                pytrace=False,
+            )
+        for name, value in mark.kwargs.items():
+            if name not in PYTEST_OPTIONS:
+                close = _close_option(name)
+                hint = f"did you mean {close}? " if close in PYTEST_OPTIONS else ""
+                pytest.fail(
+                    f"{node.nodeid}: {name} is not an option of @pytest.mark.djasynctest; "
+                    f"{hint}the options are {', '.join(PYTEST_OPTIONS)}.",
+                    pytrace=False,
+                )
+            try:
+                given[name] = _check(name, value, f"{name} in @pytest.mark.djasynctest")
+            except TypeError as exc:
+                pytest.fail(f"{node.nodeid}: {exc}", pytrace=False)
+    # options() reads a test class's attributes; these stand in for them.
+    return options(type("PytestOptions", (), given))
+
+
+# --- pytest-asyncio ----------------------------------------------------------------
+
+
+def _asyncio_mode(config: pytest.Config) -> str | None:
+    """pytest-asyncio's mode (``"strict"``, ``"auto"``), or None when it is not active."""
+    if not config.pluginmanager.has_plugin("asyncio"):
+        return None
+    mode: str = config.getoption("asyncio_mode") or config.getini("asyncio_mode")
+    return mode
+
+
+def _claimed_by_pytest_asyncio(config: pytest.Config, func: Any) -> bool:
+    """Whether pytest-asyncio runs this async fixture (auto mode, or its own decorator)."""
+    mode = _asyncio_mode(config)
+    return mode == "auto" or (
+        mode is not None
+        and getattr(getattr(func, "__func__", func), "_force_asyncio_fixture", False)
+    )
+
+
+def _is_async(func: Any) -> bool:
+    return inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+
+
+# --- Items -------------------------------------------------------------------------
+
+
+class _Test:
+    """What the plugin does for one test item (M)."""
+
+    def __init__(self, *, uses_db: bool, runs: str | None) -> None:
+        self.uses_db = uses_db  # async-DB: its database goes to D
+        self.runs = runs  # "loop": its async test runs on our loop; "db": its sync test on D
+        self.db: DBThread | None = None  # while its database is set up
+        self.loop: _Loop | None = None  # its function-scoped loop, once made
+
+    def wait(self, job: Future[T]) -> T:
+        """M: the outcome of a job of this test on D, within the test's timeout."""
+        __tracebackhide__ = True
+        deadline = None if self.loop is None else self.loop.deadline
+        if deadline is not None:
+            return deadline.result(job)
+        wait(job)
+        exc = job.exception()
+        if exc is not None:
+            raise exc
+        return job.result()
+
+    def on_db(
+        self, db: DBThread, func: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> tuple[T, contextvars.Context]:
+        """M: ``func`` on D, in a copy of the current context (returned, as it ended)."""
+        __tracebackhide__ = True
+        context = contextvars.copy_context()
+        if db.is_current():
+            return run_in(context, func, *args, **kwargs), context
+        # M serves the job while it waits: a coroutine that the sync code has
+        # run (request.getfixturevalue of an async fixture) runs here, on its loop.
+        return self.wait(db.submit_hosted(run_in, context, func, *args, **kwargs)), context
+
+    def fixture_on_db(
+        self, db: DBThread, func: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """M: a fixture's code on D; what it sets in its context is seen here, as on M."""
+        __tracebackhide__ = True
+        result, context = self.on_db(db, func, *args, **kwargs)
+        adopt(context)
+        return result
+
+
+_TEST = pytest.StashKey[_Test]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if not isinstance(item, pytest.Function) or _is_unittest(item):
+        return
+    config = item.config
+    fixturedefs = [defs[-1] for defs in item._fixtureinfo.name2fixturedefs.values() if defs]
+    async_fixtures = [d for d in fixturedefs if _is_async(d.func)]
+    claimed_test = _asyncio_mode(config) is not None and _is_pytest_asyncio_test(item)
+    async_test = inspect.iscoroutinefunction(item.obj)
+    uses_db = bool(
+        (async_test or async_fixtures)
+        and ("_django_db_helper" in item.fixturenames or item.get_closest_marker("django_db"))
+    )
+    runs = None
+    if async_test and not claimed_test:
+        runs = "loop"
+    elif uses_db and not async_test:
+        runs = "db"
+    needs_loop = runs == "loop" or any(
+        d.scope == "function" and not _claimed_by_pytest_asyncio(config, d.func)
+        for d in async_fixtures
+    )
+    if not (uses_db or needs_loop):
+        return
+    item.stash[_TEST] = _Test(uses_db=uses_db, runs=runs)
+    if needs_loop and _FUNCTION_LOOP not in item.fixturenames:
+        # First of the function fixtures: its timeout covers them all, and it
+        # closes (reporting leaks) after their teardown.
+        defs = item._fixtureinfo.name2fixturedefs
+        first = next(
+            (
+                i
+                for i, name in enumerate(item.fixturenames)
+                if defs.get(name) and defs[name][-1].scope == "function"
+            ),
+            len(item.fixturenames),
+        )
+        item.fixturenames.insert(first, _FUNCTION_LOOP)
+
+
+def _is_unittest(item: pytest.Function) -> bool:
+    return item.cls is not None and issubclass(item.cls, unittest.TestCase)
+
+
+def _is_pytest_asyncio_test(item: pytest.Function) -> bool:
+    from pytest_asyncio import is_async_test
+
+    return is_async_test(item)
+
+
+@pytest.hookimpl
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    __tracebackhide__ = True
+    test = pyfuncitem.stash.get(_TEST, None)
+    if test is None or test.runs is None:
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    if test.runs == "loop":
+        loop: _Loop = pyfuncitem.funcargs[_FUNCTION_LOOP]  # type: ignore[assignment]
+        # What the test sets in its context ends with it.
+        loop.run(pyfuncitem.obj(**args), contextvars.copy_context())
+        return True
+    if test.db is None:
+        return None
+    test.on_db(test.db, pyfuncitem.obj, **args)
+    return True
+
+
+# --- Fixtures ----------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, Any, Any]:
+    # Outermost, so that it sees the fixture's own function; pytest-asyncio's
+    # wrapper, inside, leaves alone the functions put in its place here.
+    replacement = _replacement(fixturedef, request)
+    if replacement is None:
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fixturedef, "func", replacement)
+        return (yield)
+
+
+def _replacement(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Callable[..., Any] | None:
+    """What runs instead of a fixture's function, if anything."""
+    build = _builder(fixturedef, request)
+    if build is None:
+        return None
+    try:
+        # The fixture's function, bound to the test's instance as pytest binds it.
+        func = resolve_fixture_function(fixturedef, request)
+    except Exception:
+        return None  # pytest raises it again, its own way
+    return build(func, fixturedef.argname, request)
+
+
+_Builder = Callable[[Callable[..., Any], str, pytest.FixtureRequest], Callable[..., Any]]
+
+
+def _builder(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> _Builder | None:
+    func = fixturedef.func
+    if _is_async(func):
+        if _claimed_by_pytest_asyncio(request.config, func):
+            return None
+        return functools.partial(_on_loop, fixturedef.scope)
+    test = request.node.stash.get(_TEST, None)
+    if test is None or fixturedef.scope != "function":
+        return None
+    if fixturedef.argname == "_django_db_helper":
+        return functools.partial(_database_on_db_thread, test) if test.uses_db else None
+    db = test.db
+    if db is None:
+        return None
+    if fixturedef.argname in (*_NUM_QUERIES, _ON_COMMIT):
+        return functools.partial(_tool_on_db_thread, db)
+    if getattr(func, "__module__", "").startswith(_STAY_ON_MAIN_THREAD) or getattr(
+        getattr(func, "__func__", func), "_force_asyncio_fixture", False
+    ):
+        return None
+    return functools.partial(_sync_on_db_thread, test, db)
+
+
+def _database_on_db_thread(
+    test: _Test, helper: Callable[..., Generator[None]], name: str, request: pytest.FixtureRequest
+) -> Callable[..., Generator[None]]:
+    """pytest-django's per-test database (``_django_db_helper``), on D."""
+
+    def database(**kwargs: Any) -> Generator[None]:
+        __tracebackhide__ = True
+        db = db_thread(replace_stopped=True)
+        connect_receivers()
+        request.getfixturevalue("_djasynctest_connections")
+        steps = helper(**kwargs)
+        test.wait(db.submit(_first_database_step, steps, _runner_state()))
+        # M: from here on, thread-sensitive calls made in this context, and in
+        # the copies that every fixture's and the test's coroutine runs in, go to D.
+        routing = enter_routing(db)
+        test.db = db
+        try:
+            yield
+        finally:
+            test.db = None
+            try:
+                exit_routing(routing)
+            finally:
+                try:
+                    test.wait(db.submit(_rest, steps, name))
+                except BaseException:
+                    if db.stopped:
+                        # Abandoned after a timeout: pytest-django's database
+                        # blocker must still be restored.
+                        _close(steps)
+                    raise
+
+    return database
+
+
+def _runner_state() -> dict[str, dict[str, Any]]:
+    # M: what pytest-django's setup_databases left on this thread's connections
+    # (the serialized_rollback snapshot), which Django reads on D's.
+    from django.db import connections
+
+    return {
+        alias: {
+            key: value for key, value in vars(connections[alias]).items() if key in _RUNNER_STATE
+        }
+        for alias in connections
+    }
+
+
+def _first_database_step(steps: Generator[None], state: dict[str, dict[str, Any]]) -> None:
+    # D.
+    from django.db import connections
+
+    for alias, values in state.items():
+        vars(connections[alias]).update(values)
+    next(steps)
+
+
+def _close(steps: Generator[Any]) -> None:
+    with contextlib.suppress(ValueError):  # still running on the abandoned DB thread
+        steps.close()
+
+
+@pytest.fixture(scope="session")
+def _djasynctest_connections(django_db_setup: None) -> Iterator[None]:
+    """Close the DB thread's connections before pytest-django drops the test databases."""
+    yield
+    db = running_db_thread()
+    if db is not None and not db.stopped:
+        from django.db import connections
+
+        db.call(connections.close_all)
+
+
+def _sync_on_db_thread(
+    test: _Test, db: DBThread, func: Callable[..., Any], name: str, request: pytest.FixtureRequest
+) -> Callable[..., Any]:
+    """A sync fixture of an async-DB test, on D (each step of a generator fixture)."""
+    if not inspect.isgeneratorfunction(func):
+        return functools.partial(test.fixture_on_db, db, func)
+
+    def steps(**kwargs: Any) -> Generator[Any]:
+        __tracebackhide__ = True
+        gen = func(**kwargs)  # runs none of its code
+        yield test.fixture_on_db(db, _first, gen, name)
+        test.fixture_on_db(db, _rest, gen, name)
+
+    return steps
+
+
+def _tool_on_db_thread(
+    db: DBThread, make_tool: Callable[..., Any], name: str, request: pytest.FixtureRequest
+) -> Callable[..., Any]:
+    """A connection-bound tool of pytest-django whose context managers live on D."""
+    counts = name in _NUM_QUERIES
+
+    def fixture(**kwargs: Any) -> Callable[..., OnDBThread[Any]]:
+        tool: Callable[..., Any] = make_tool(**kwargs)
+
+        @functools.wraps(tool)
+        def on_db_thread(*args: Any, **options: Any) -> OnDBThread[Any]:
+            make = functools.partial(
+                _counting_on_db_thread if counts else _made, tool, args, options
+            )
+            return OnDBThread(db, make)
+
+        return on_db_thread
+
+    return fixture
+
+
+def _made(tool: Callable[..., T], args: Any, options: dict[str, Any]) -> T:
+    return tool(*args, **options)
+
+
+def _counting_on_db_thread(tool: Callable[..., Any], args: Any, options: dict[str, Any]) -> Any:
+    # D. pytest-django counts on django.db.connection, a proxy that resolves to
+    # the calling thread's connection each time: give it D's, so that the
+    # test's code on M reads D's queries in what the context manager returns.
+    if len(args) < 2 and options.get("connection") is None:
+        from django.db import DEFAULT_DB_ALIAS, connections
+
+        options = dict(options)
+        options["connection"] = connections[options.pop("using", None) or DEFAULT_DB_ALIAS]
+    return tool(*args, **options)
+
+
+def _first(gen: Generator[T], name: str) -> T:
+    __tracebackhide__ = True
+    try:
+        return next(gen)
+    except StopIteration:
+        raise ValueError(f"{name} did not yield a value") from None
+
+
+def _rest(gen: Generator[Any], name: str) -> None:
+    __tracebackhide__ = True
+    try:
+        next(gen)
+    except StopIteration:
+        return
+    pytest.fail(f"fixture {name} has more than one yield", pytrace=False)
+
+
+def _on_loop(
+    scope: str, func: Callable[..., Any], name: str, request: pytest.FixtureRequest
+) -> Callable[..., Generator[Any]]:
+    """An async fixture, on our loop of its scope, in a copy of M's context.
+
+    What it sets in its context is seen by the fixtures and the test after it,
+    until its teardown (as with pytest-asyncio).
+    """
+
+    def on_loop(**kwargs: Any) -> Generator[Any]:
+        __tracebackhide__ = True
+        loop: _Loop = request.getfixturevalue(f"_djasynctest_{scope}_loop")
+        context = contextvars.copy_context()
+        gen = func(**kwargs) if inspect.isasyncgenfunction(func) else None
+        value = loop.run(func(**kwargs) if gen is None else _afirst(gen, name), context)
+        tokens = adopt(context)
+        try:
+            yield value
+            if gen is not None:
+                loop.run(_arest(gen, name), context)
+        finally:
+            for token in reversed(tokens):
+                token.var.reset(token)
+
+    return on_loop
+
+
+async def _afirst(gen: AsyncGenerator[T], name: str) -> T:
+    __tracebackhide__ = True
+    try:
+        return await anext(gen)
+    except StopAsyncIteration:
+        raise ValueError(f"{name} did not yield a value") from None
+
+
+async def _arest(gen: AsyncGenerator[Any], name: str) -> None:
+    __tracebackhide__ = True
+    try:
+        await anext(gen)
+    except StopAsyncIteration:
+        return
+    pytest.fail(f"fixture {name} has more than one yield", pytrace=False)
+
+
+# --- Loops -------------------------------------------------------------------------
+
+
+class _Loop:
+    """One of the plugin's event loops (M), with the diagnostics of what runs on it.
+
+    A function-scoped one carries the test's timeout (for its async code and its
+    work on D) and reports the test's leaks when it closes.
+    """
+
+    def __init__(self, node: pytest.Item | pytest.Collector, scope: str) -> None:
+        self.node = node
+        self.name = node.nodeid
+        self.opts = opts = _options(node)
+        self.runner = new_runner(debug=opts.loop_debug, loop_factory=None)
+        loop = self.runner.get_loop()
+        self.watch = (
+            None
+            if opts.blocking_threshold is None
+            else LoopWatch(
+                loop,
+                opts.blocking_threshold,
+                functools.partial(sample_block, allowed=opts.blocking_allowed),
+            )
+        )
+        self.function = scope == "function"
+        self.deadline: Deadline | None = None
+        if self.function:
+            if opts.timeout is not None:
+                self.deadline = Deadline(loop, opts.timeout, self.name)
+            self.threads_before = set(threading.enumerate())
+            if "connections" in opts.leak_checks:
+                watch_connections()
+            if "tasks" in opts.leak_checks:
+                forget_task_sites()
+                track_task_creation(loop, full_stacks=opts.task_creation_stacks)
+
+    def run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+        """M: run ``coro`` to the end in ``context``, watched."""
+        __tracebackhide__ = True
+        db = running_db_thread()
+        if db is not None and db.is_current():
+            # D, in sync code that asked for an async fixture: M, which waits, runs it.
+            return db.ask_caller(functools.partial(self.run, coro, context))
+        deadline = self.deadline
+        if deadline is None and self.opts.timeout is not None:
+            deadline = Deadline(self.runner.get_loop(), self.opts.timeout, self.name)
+        if deadline is not None:
+            deadline.running(coro)
+        if self.watch is not None:
+            self.watch.start()
+        blocks: list[tuple[float, Block]] = []
+        try:
+            try:
+                result = run_on(self.runner, coro, context)
+            finally:
+                if self.watch is not None:
+                    blocks = [(held, b) for held, b in self.watch.stop() if not b.allowed]
+                if deadline is not None:
+                    deadline.running(None)
+                    if deadline is not self.deadline:
+                        deadline.cancel()
+        except asyncio.CancelledError:
+            if deadline is None or deadline.report is None:
+                raise
+            raise deadline.error() from None
+        except BaseException as exc:
+            if isinstance(exc, SynchronousOnlyOperation) and SYNC_ORM_HINT not in getattr(
+                exc, "__notes__", ()
+            ):
+                exc.add_note(SYNC_ORM_HINT)
+            if blocks:
+                exc.add_note(self._blocking_report(blocks))
+            raise
+        if blocks:
+            self._report_blocks(blocks)
+        return result
+
+    def _report_blocks(self, blocks: list[tuple[float, Block]]) -> None:
+        __tracebackhide__ = True
+        own = [(held, block) for held, block in blocks if block.package is None]
+        if len(own) < len(blocks):
+            # A block inside a package's code never fails the test.
+            packages = [(held, block) for held, block in blocks if block.package is not None]
+            self._warn(self._blocking_report(packages), BlockingWarning)
+        if own:
+            report = self._blocking_report(own)
+            if self.opts.blocking_mode == "fail":
+                raise LoopBlocked(report)
+            self._warn(report, BlockingWarning)
+
+    def _blocking_report(self, blocks: list[tuple[float, Block]]) -> str:
+        assert self.opts.blocking_threshold is not None
+        return blocking_report(self.name, blocks, self.opts.blocking_threshold)
+
+    def _warn(self, message: str, category: type[Warning]) -> None:
+        # At the test function's line, where users look.
+        __tracebackhide__ = True
+        function = getattr(self.node, "function", None)
+        module = getattr(getattr(self.node, "module", None), "__name__", "")
+        if not (self.function and warn_at(function, module, message, category)):
+            warnings.warn(message, category, stacklevel=3)
+
+    def close(self) -> None:
+        """M, after the teardown of the fixtures that used it."""
+        __tracebackhide__ = True
+        try:
+            if self.function:
+                self._check_leaks()
+        finally:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            close_runner(self.runner)
+
+    def _check_leaks(self) -> None:
+        __tracebackhide__ = True
+        checks = self.opts.leak_checks
+        tasks = (
+            {
+                task
+                for task in asyncio.all_tasks(self.runner.get_loop())
+                # asyncio's own aclose() of an unfinished async generator.
+                if type(task.get_coro()).__name__ != "async_generator_athrow"
+            }
+            if "tasks" in checks
+            else set()
+        )
+        threads = new_threads(self.threads_before) if "threads" in checks else set()
+        connections = connections_left_open() if "connections" in checks else []
+        report = leaks_report(self.name, tasks, threads, connections)
+        if report is not None:
+            self._warn(report, PendingTaskWarning)
+
+
+def _loop_fixture(scope: Any) -> Any:
+    @pytest.fixture(scope=scope, name=f"_djasynctest_{scope}_loop")
+    def loop(request: pytest.FixtureRequest) -> Iterator[_Loop]:
+        __tracebackhide__ = True
+        made = _Loop(request.node, scope)
+        test = request.node.stash.get(_TEST, None) if scope == "function" else None
+        if test is not None:
+            test.loop = made
+        try:
+            yield made
+        finally:
+            if test is not None:
+                test.loop = None
+            made.close()
+
+    return loop
+
+
+_djasynctest_function_loop = _loop_fixture("function")
+_djasynctest_class_loop = _loop_fixture("class")
+_djasynctest_module_loop = _loop_fixture("module")
+_djasynctest_package_loop = _loop_fixture("package")
+_djasynctest_session_loop = _loop_fixture("session")

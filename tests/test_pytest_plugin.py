@@ -1,0 +1,667 @@
+"""The pytest plugin (``-p djasynctest.pytest``), run in throwaway pytest projects.
+
+Each test writes a user's test modules into a pytester directory and runs pytest
+on them in a subprocess, with pytest-django and the settings of
+tests/pytestproject (the library's test app, with an orders view). The user's
+tests check that rows are rolled back by reading the tables in a later test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+INI = """
+[pytest]
+addopts = -p djasynctest.pytest -p no:cacheprovider -p no:asyncio
+filterwarnings = error
+"""
+
+# The example of the plugin's feature request, as its users write it.
+ISSUE_EXAMPLE = """
+import pytest
+from django.contrib.auth.models import User
+
+from tests.testapp.models import Order
+
+
+@pytest.fixture
+async def user(db):
+    return await User.objects.acreate(username="ann")
+
+
+class TestOrders:
+    @pytest.fixture(autouse=True)
+    async def logged_in(self, user, async_client):
+        await async_client.aforce_login(user)
+        yield
+        await async_client.alogout()
+
+    async def test_order(self, async_client, user):
+        response = await async_client.post("/orders/", {"item": 1})
+        assert response.status_code == 201
+        assert await Order.objects.acount() == 1   # gone after this test
+
+
+@pytest.mark.django_db
+async def test_orders_start_empty():
+    assert await Order.objects.acount() == 0
+"""
+
+FIXTURES = """
+import pytest
+from tests.testapp.models import Item
+
+
+@pytest.fixture
+async def pen(db):
+    return await Item.objects.acreate(name="pen")
+
+
+@pytest.fixture
+async def ink(pen):
+    item = await Item.objects.acreate(name="ink")
+    yield item
+    # The teardown runs in the test's transaction: the test's rows are there.
+    assert await Item.objects.filter(name__in=["pen", "ink", "paper"]).acount() == 3
+    await item.adelete()
+
+
+@pytest.fixture
+def paper(db):
+    # The sync ORM, in the test's transaction.
+    return Item.objects.create(name="paper")
+
+
+async def test_fixtures_and_test_share_the_transaction(pen, ink, paper):
+    assert [item.name async for item in Item.objects.order_by("name")] == [
+        "ink", "paper", "pen"
+    ]
+
+
+def test_sync_test_of_an_async_fixture_runs_in_its_transaction(pen):
+    assert Item.objects.get().name == "pen"
+
+
+@pytest.mark.django_db
+async def test_rows_of_the_tests_before_are_gone():
+    assert await Item.objects.acount() == 0
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A pytest project on tests/pytestproject's settings, with the plugin enabled."""
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.pytestproject.settings")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    # Runs that happen at the same time (xdist workers of this suite) use their own databases.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    monkeypatch.setenv(
+        "DJASYNCTEST_NAME_SUFFIX", os.environ.get("DJASYNCTEST_NAME_SUFFIX", "") + "_" + worker
+    )
+    for name in list(os.environ):
+        if name.startswith("PYTEST_XDIST"):
+            monkeypatch.delenv(name)
+    pytester.makeini(INI)
+    return pytester
+
+
+def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return project.runpytest_subprocess(*args, timeout=120)
+
+
+def test_issue_example_runs_and_rolls_back(project: pytest.Pytester) -> None:
+    project.makepyfile(test_orders=ISSUE_EXAMPLE)
+    result = run(project, "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*::test_order PASSED*", "*::test_orders_start_empty PASSED*"])
+
+
+def test_without_the_plugin_async_rows_leak_into_the_next_test(project: pytest.Pytester) -> None:
+    """What the plugin fixes: pytest-asyncio's ORM calls run outside pytest-django's transaction."""
+    project.makeini(
+        """
+        [pytest]
+        addopts = -p no:cacheprovider
+        asyncio_mode = auto
+        asyncio_default_fixture_loop_scope = function
+        """
+    )
+    project.makepyfile(test_orders=ISSUE_EXAMPLE)
+    result = run(project)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_orders.py::test_orders_start_empty - assert 1 == 0"])
+
+
+def test_sync_and_async_fixtures_run_in_the_test_transaction(project: pytest.Pytester) -> None:
+    project.makepyfile(test_fixtures=FIXTURES)
+    run(project).assert_outcomes(passed=3)
+
+
+def test_transactional_database(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_transactional="""
+        import pytest
+        from asgiref.sync import sync_to_async
+        from django.db import transaction
+        from tests.testapp.models import Item, Tag
+
+
+        @pytest.mark.django_db(transaction=True)
+        async def test_on_commit_runs_when_the_atomic_block_commits():
+            calls = []
+
+            @sync_to_async
+            def create():
+                with transaction.atomic():
+                    Item.objects.create(name="committed")
+                    transaction.on_commit(lambda: calls.append("committed"))
+
+            await create()
+            assert calls == ["committed"]
+
+
+        async def test_transactional_db_fixture(transactional_db):
+            await Item.objects.acreate(name="pen")
+            assert await Item.objects.acount() == 1
+
+
+        @pytest.mark.django_db(transaction=True, reset_sequences=True)
+        async def test_reset_sequences():
+            assert (await Item.objects.acreate(name="first")).pk == 1
+
+
+        @pytest.mark.django_db(transaction=True, serialized_rollback=True)
+        async def test_serialized_rollback_restores_the_migrations_rows():
+            # The tests before flushed the row that a data migration made.
+            assert await Tag.objects.filter(name="from-migration").aexists()
+
+
+        @pytest.mark.django_db(transaction=True)
+        async def test_tables_are_flushed_after_each_test():
+            assert await Item.objects.acount() == 0
+
+
+        @pytest.mark.django_db(databases=["default", "other"])
+        async def test_other_database_in_the_transaction():
+            await Item.objects.using("other").acreate(name="pen")
+            assert await Item.objects.using("other").acount() == 1
+
+
+        @pytest.mark.django_db(databases=["default", "other"])
+        async def test_other_database_rolled_back():
+            assert await Item.objects.using("other").acount() == 0
+        """
+    )
+    run(project).assert_outcomes(passed=7)
+
+
+def test_clients_reach_the_test_transaction(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_clients="""
+        import pytest
+        from asgiref.sync import sync_to_async
+        from django.contrib.auth.models import User
+        from tests.testapp.models import Item, Order
+
+
+        @pytest.fixture
+        async def pen(db):
+            return await Item.objects.acreate(name="pen")
+
+
+        async def test_async_client_sees_the_fixture_rows(async_client, pen):
+            response = await async_client.get("/items/")
+            assert response.json() == {"items": ["pen"]}
+
+
+        def test_client_in_a_sync_test_sees_the_async_fixture_rows(client, pen):
+            assert client.get("/sync-items/").json() == {"count": 1}
+
+
+        async def test_admin_client_from_an_async_test(admin_client, pen):
+            response = await sync_to_async(admin_client.get)("/sync-items/")
+            assert response.json() == {"count": 1}
+
+
+        async def test_view_writes_with_a_logged_in_async_client(async_client, django_user_model):
+            user = await django_user_model.objects.acreate(username="bob")
+            await async_client.aforce_login(user)
+            response = await async_client.post("/orders/", {"item": 7})
+            assert response.status_code == 201
+            assert await Order.objects.filter(user=user).acount() == 1
+
+
+        @pytest.mark.django_db
+        async def test_nothing_is_left():
+            assert await Item.objects.acount() == 0
+            assert await Order.objects.acount() == 0
+            assert await User.objects.acount() == 0
+        """
+    )
+    run(project).assert_outcomes(passed=5)
+
+
+def test_query_and_on_commit_fixtures_work_in_async_tests(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_tools="""
+        import pytest
+        from asgiref.sync import sync_to_async
+        from django.db import transaction
+        from tests.testapp.models import Item
+
+        pytestmark = pytest.mark.django_db(databases=["default", "other"])
+
+
+        @sync_to_async
+        def create_with_callback(name, calls):
+            with transaction.atomic():
+                Item.objects.create(name=name)
+                transaction.on_commit(lambda: calls.append(name))
+
+
+        async def test_num_queries_with(django_assert_num_queries):
+            with django_assert_num_queries(1) as captured:
+                await Item.objects.acount()
+            assert "COUNT" in captured.captured_queries[0]["sql"]
+
+
+        async def test_num_queries_async_with(django_assert_num_queries):
+            async with django_assert_num_queries(1, using="other"):
+                await Item.objects.using("other").acount()
+
+
+        async def test_max_num_queries(django_assert_max_num_queries):
+            with django_assert_max_num_queries(2):
+                await Item.objects.acount()
+            async with django_assert_max_num_queries(1):
+                await Item.objects.acount()
+
+
+        async def test_num_queries_counts_the_test_queries(django_assert_num_queries):
+            with django_assert_num_queries(0):
+                await Item.objects.acount()
+
+
+        async def test_on_commit_callbacks(django_capture_on_commit_callbacks):
+            calls = []
+            with django_capture_on_commit_callbacks() as callbacks:
+                await create_with_callback("pen", calls)
+            assert (len(callbacks), calls) == (1, [])
+            async with django_capture_on_commit_callbacks(execute=True) as callbacks:
+                await create_with_callback("ink", calls)
+            assert (len(callbacks), calls) == (1, ["ink"])
+
+
+        def test_sync_test_too(django_assert_num_queries, django_capture_on_commit_callbacks):
+            with django_assert_num_queries(1):
+                Item.objects.count()
+        """
+    )
+    result = run(project)
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_num_queries_counts_the_test_queries _*",
+            "E * Failed: Expected to perform 0 queries but 1 was done (add -v option to show "
+            "queries)",
+        ]
+    )
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_with_pytest_asyncio(project: pytest.Pytester, mode: str) -> None:
+    """Tests that pytest-asyncio runs are routed to the DB thread; the others are ours."""
+    project.makeini(
+        f"""
+        [pytest]
+        addopts = -p djasynctest.pytest -p no:cacheprovider
+        asyncio_mode = {mode}
+        asyncio_default_fixture_loop_scope = function
+        filterwarnings = error
+        """
+    )
+    project.makepyfile(
+        test_asyncio="""
+        import pytest
+        import pytest_asyncio
+        from tests.testapp.models import Item
+
+
+        @pytest_asyncio.fixture
+        async def pen(db):
+            return await Item.objects.acreate(name="pen")
+
+
+        @pytest.fixture
+        def paper(db):
+            return Item.objects.create(name="paper")
+
+
+        @pytest.mark.asyncio
+        async def test_pytest_asyncio_test(pen, paper):
+            assert await Item.objects.acount() == 2
+
+
+        @pytest_asyncio.fixture(loop_scope="module")
+        async def lamp(db):
+            return await Item.objects.acreate(name="lamp")
+
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_module_loop(lamp):
+            assert await Item.objects.acount() == 1
+
+
+        @pytest.mark.django_db
+        async def test_unmarked():
+            assert await Item.objects.acount() == 0
+        """
+    )
+    project.makepyfile(test_fixtures=FIXTURES)
+    run(project).assert_outcomes(passed=6)
+
+
+def test_pytest_xdist(project: pytest.Pytester) -> None:
+    project.makepyfile(test_orders=ISSUE_EXAMPLE, test_fixtures=FIXTURES)
+    result = run(project, "-p", "xdist", "-n", "2")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*created: 2/2 workers*"])
+
+
+def test_reuse_db_and_create_db(project: pytest.Pytester) -> None:
+    project.makepyfile(test_orders=ISSUE_EXAMPLE)
+    for flags in (["--reuse-db"], ["--reuse-db"], ["--create-db"]):
+        run(project, *flags).assert_outcomes(passed=2)
+
+
+def test_sync_tests_and_unittest_classes_in_the_same_run(project: pytest.Pytester) -> None:
+    """Enabled by pytest_plugins: what it does not handle runs as pytest-django runs it."""
+    project.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:asyncio\nfilterwarnings = error")
+    project.makeconftest('pytest_plugins = ["djasynctest.pytest"]')
+    project.makepyfile(
+        test_mixed="""
+        import pytest
+        from django.test import TestCase
+        from djasynctest import AsyncTestCase
+        from tests.testapp.models import Item
+
+
+        @pytest.mark.django_db
+        def test_sync():
+            Item.objects.create(name="sync")
+            assert Item.objects.count() == 1
+
+
+        def test_without_database():
+            with pytest.raises(RuntimeError, match="Database access not allowed"):
+                Item.objects.count()
+
+
+        class Cases(AsyncTestCase):
+            async def test_async_case(self):
+                await Item.objects.acreate(name="case")
+                self.assertEqual(await Item.objects.acount(), 1)
+
+            def test_sync_case(self):
+                self.assertEqual(Item.objects.count(), 0)
+
+
+        class DjangoCases(TestCase):
+            def test_django_case(self):
+                Item.objects.create(name="django")
+                self.assertEqual(Item.objects.count(), 1)
+
+
+        @pytest.mark.django_db
+        async def test_async():
+            await Item.objects.acreate(name="async")
+            assert await Item.objects.acount() == 1
+
+
+        @pytest.mark.django_db
+        def test_sync_after():
+            assert Item.objects.count() == 0
+        """
+    )
+    run(project).assert_outcomes(passed=7)
+
+
+def test_timeout_from_the_marker(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_timeout="""
+        import asyncio
+        import pytest
+        from tests.testapp.models import Item
+
+        pytestmark = pytest.mark.django_db
+
+
+        @pytest.mark.djasynctest(timeout=0.5)
+        async def test_hangs():
+            await Item.objects.acreate(name="pen")
+            await asyncio.Event().wait()
+
+
+        async def test_after_the_timeout():
+            assert await Item.objects.acount() == 0
+        """
+    )
+    result = run(project)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E   djasynctest.TestTimeout: test_timeout.py::test_hangs did not finish within its "
+            "timeout of 0.5 s. When it expired, it was waiting in:",
+            "    the test:",
+            '      File "*test_timeout.py", line 11, in test_hangs',
+            "        await asyncio.Event().wait()",
+        ]
+    )
+
+
+def test_blocking_detector_and_leak_report(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_diagnostics="""
+        import asyncio
+        import time
+        import pytest
+
+
+        async def test_blocks():
+            time.sleep(0.3)
+
+
+        @pytest.mark.djasynctest(blocking_threshold=None)
+        async def test_blocking_detector_off():
+            time.sleep(0.3)
+
+
+        @pytest.mark.djasynctest(blocking_mode="warn")
+        @pytest.mark.filterwarnings("default")
+        async def test_blocking_warns():
+            time.sleep(0.3)
+
+
+        async def test_leaves_a_task():
+            asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        """
+    )
+    result = run(project)
+    result.assert_outcomes(passed=3, failed=1, errors=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E * djasynctest.PendingTaskWarning: test_diagnostics.py::test_leaves_a_task left "
+            "behind:",
+            "    task * (<coroutine object sleep at *>) is still pending",
+            "      created at *test_diagnostics.py:22",
+            "E   djasynctest.LoopBlocked: The event loop was blocked for about 0.* s "
+            "(blocking_threshold is 0.1 s) in test_diagnostics.py::test_blocks. While it was "
+            "blocked, its thread was running:",
+            '*File "*test_diagnostics.py", line 7, in test_blocks',
+            "*test_diagnostics.py:15: BlockingWarning: The event loop was blocked for about 0.* s*",
+        ]
+    )
+
+
+def test_ini_options_and_settings_give_the_defaults(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_options="""
+        import time
+        import pytest
+
+
+        async def test_blocks():
+            time.sleep(0.3)
+
+
+        @pytest.mark.djasynctest(blocking_threshold=0.1)
+        async def test_marker_wins():
+            time.sleep(0.3)
+        """
+    )
+    result = run(project, "-o", "djasynctest_blocking_threshold=none")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_options.py::test_marker_wins - *LoopBlocked*"])
+
+
+def test_wrong_options_name_the_fix(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_wrong="""
+        import pytest
+
+
+        @pytest.mark.djasynctest(timout=5)
+        async def test_misspelt():
+            pass
+
+
+        @pytest.mark.djasynctest(timeout=-1)
+        async def test_negative():
+            pass
+        """
+    )
+    result = run(project)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_wrong.py::test_misspelt: timout is not an option of @pytest.mark.djasynctest; "
+            "did you mean timeout? the options are timeout, blocking_threshold, blocking_mode, "
+            "blocking_allowed, leak_checks, task_creation_stacks, loop_debug.",
+            "*test_wrong.py::test_negative: timeout in @pytest.mark.djasynctest is -1; it must be "
+            "a number of seconds greater than 0, or None to turn it off.",
+        ]
+    )
+    result = run(project, "-o", "djasynctest_blocking_mode=loud")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: The ini option djasynctest_blocking_mode is 'loud'; it must be 'fail' "
+            "(the test fails) or 'warn' (a BlockingWarning)."
+        ]
+    )
+    result = run(project, "-p", "no:django")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: djasynctest.pytest runs tests with pytest-django's database, and "
+            "pytest-django is not installed or is disabled: pip install pytest-django, and "
+            "remove any -p no:django."
+        ]
+    )
+
+
+def test_higher_scoped_async_fixtures_run_once_on_a_loop_of_their_scope(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_a_scoped="""
+        import asyncio
+        import pytest
+
+        EVENTS = []
+
+
+        @pytest.fixture(scope="module")
+        async def module_loop():
+            EVENTS.append("module set up")
+            yield asyncio.get_running_loop()
+            await asyncio.sleep(0)
+            EVENTS.append("module torn down")
+
+
+        class TestShared:
+            @pytest.fixture(scope="class")
+            @classmethod
+            async def class_loop(cls):
+                EVENTS.append("class set up")
+                yield asyncio.get_running_loop()
+                EVENTS.append("class torn down")
+
+            async def test_one(self, module_loop, class_loop):
+                assert module_loop is not class_loop
+                assert asyncio.get_running_loop() not in (module_loop, class_loop)
+
+            async def test_two(self, module_loop, class_loop):
+                assert not module_loop.is_closed()
+                assert EVENTS == ["module set up", "class set up"]
+
+
+        def test_after_the_class(module_loop):
+            assert EVENTS == ["module set up", "class set up", "class torn down"]
+        """,
+        test_b_after="""
+        from test_a_scoped import EVENTS
+
+
+        def test_after_the_module():
+            assert EVENTS[-1] == "module torn down"
+        """,
+    )
+    run(project).assert_outcomes(passed=4)
+
+
+def test_import_leaves_django_setup_to_pytest_django(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DJANGO_SETTINGS_MODULE naming a module that pytest-django puts on sys.path.
+
+    Canary: ``djasynctest._bootstrap._imported_as_pytest_plugin`` recognises
+    pytest's ``PytestPluginManager.import_plugin`` on the stack. If pytest
+    renames it, this fails with ModuleNotFoundError: find the new name in
+    _pytest/config/__init__.py.
+    """
+    site = project.path / "site"
+    (site / "project").mkdir(parents=True)
+    (site / "project" / "__init__.py").write_text("")
+    (site / "manage.py").write_text("")
+    (site / "project" / "settings.py").write_text(
+        "SECRET_KEY = 'x'\n"
+        "INSTALLED_APPS = ['django.contrib.contenttypes', 'django.contrib.auth']\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+    )
+    (site / "test_site.py").write_text(
+        "import pytest\n"
+        "from django.contrib.auth.models import User\n\n\n"
+        "@pytest.mark.django_db\n"
+        "async def test_users():\n"
+        "    assert await User.objects.acount() == 0\n"
+    )
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "project.settings")
+    run(project, "site/test_site.py").assert_outcomes(passed=1)
+
+
+def test_pytest_randomly(project: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_randomly")
+    project.makepyfile(test_orders=ISSUE_EXAMPLE, test_fixtures=FIXTURES)
+    for seed in ("1", "2"):
+        result = run(project, "-p", "randomly", f"--randomly-seed={seed}")
+        result.assert_outcomes(passed=5)
