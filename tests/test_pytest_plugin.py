@@ -665,3 +665,34 @@ def test_pytest_randomly(project: pytest.Pytester) -> None:
     for seed in ("1", "2"):
         result = run(project, "-p", "randomly", f"--randomly-seed={seed}")
         result.assert_outcomes(passed=5)
+
+
+@pytest.mark.skipif(
+    len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2,
+    reason="needs sched_setaffinity and 2+ CPUs",
+)
+def test_an_async_database_test_runs_its_threads_on_one_cpu(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_affinity="""
+        import os
+        import pytest
+        from djasynctest._dbthread import db_thread
+
+        CPUS = os.sched_getaffinity(0)
+
+
+        def masks():
+            return os.sched_getaffinity(0), os.sched_getaffinity(db_thread().thread.native_id)
+
+
+        @pytest.mark.django_db
+        async def test_pinned():
+            mine, db = masks()
+            assert len(mine) == 1 and mine == db
+
+
+        def test_given_back_after_it():
+            assert masks() == (CPUS, CPUS)
+        """
+    )
+    run(project).assert_outcomes(passed=2)

@@ -45,6 +45,7 @@ import pytest
 from _pytest.fixtures import resolve_fixture_function
 from django.core.exceptions import SynchronousOnlyOperation
 
+from djasynctest._affinity import pin_together
 from djasynctest._blocking import Block
 from djasynctest._blocking import report as blocking_report
 from djasynctest._blocking import sample as sample_block
@@ -394,6 +395,12 @@ def _database_on_db_thread(
         db = db_thread(replace_stopped=True)
         connect_receivers()
         request.getfixturevalue("_djasynctest_connections")
+        # The test's thread and D on one CPU while they hand work to each other
+        # (see _affinity), as for a test class; settings.DJASYNCTEST["CPU_AFFINITY"].
+        if _options(request.node).cpu_affinity:
+            unpin = pin_together(db.thread.native_id)
+            if unpin is not None:
+                request.addfinalizer(unpin)
         steps = helper(**kwargs)
         test.wait(db.submit(_first_database_step, steps, _runner_state()))
         # M: from here on, thread-sensitive calls made in this context, and in
