@@ -45,6 +45,7 @@ from django.test.utils import setup_databases, setup_test_environment  # noqa: E
 
 import djasynctest  # noqa: E402
 from djasynctest import AsyncLiveServerTestCase, AsyncTestCase  # noqa: E402
+from djasynctest._affinity import pin_together  # noqa: E402
 from djasynctest._blocking import sample  # noqa: E402
 from djasynctest._dbthread import db_thread  # noqa: E402
 from djasynctest._diagnostics import Deadline  # noqa: E402
@@ -243,7 +244,7 @@ def live_server_costs(count: int, rounds: int) -> dict[str, float]:
             },
         ),
     }
-    if BACKEND != "sqlite":  # channels' server is another process: no in-memory database
+    if BACKEND == "sqlite-file":  # channels runs Daphne in another process: a file it can share
         try:
             from channels.testing import ChannelsLiveServerTestCase
         except ImportError:
@@ -295,6 +296,19 @@ def hop_costs(count: int) -> dict[str, float]:
 
     hops = {"DB thread call, from sync code": timed(lambda: db.call(int))}
     hops.update(asyncio.run(loop_hops()))
+    # As within a test class, where both threads share one CPU (cpu_affinity).
+    restore = pin_together(db.thread.native_id)
+    if restore is not None:
+        try:
+            hops["DB thread call, from sync code, one CPU"] = timed(lambda: db.call(int))
+            pinned = asyncio.run(loop_hops())
+            for name in (
+                "stock sync_to_async, from a loop",
+                "sync_to_async to the DB thread, from a loop",
+            ):
+                hops[f"{name}, one CPU"] = pinned[name]
+        finally:
+            restore()
     return hops
 
 
@@ -362,22 +376,45 @@ def resources_after(total: int) -> dict[str, dict[str, float]]:
     return {"after 100 tests": first, f"after {total} tests": snapshot()}
 
 
-PARALLEL_SUITE = """
+PARALLEL_HEADER = """
+from django.test import TestCase
 from djasynctest import AsyncTestCase
 from tests.testapp.models import Item
 
 
-def _test(number):
+def _async_test(number):
     async def test(self):
         await Item.objects.acreate(name=f"item-{number}")
         assert await Item.objects.acount() == 1
     return test
 
-""" + "\n".join(
-    f"class Cases{c}(AsyncTestCase):\n"
-    f"    locals().update({{f'test_{{n:03}}': _test(n) for n in range(100)}})\n"
-    for c in range(20)
-)
+
+def _sync_test(number):
+    def test(self):
+        Item.objects.create(name=f"item-{number}")
+        assert Item.objects.count() == 1
+    return test
+
+"""
+# name: (module, tests, runner, workers). Each worker starts Python, Django and its test
+# database (under a second for manage.py test, about 2 s for pytest-xdist): the suites are
+# long enough for that to be a small part of them. pytest runs the same suite of sync
+# TestCase tests too: what pytest-xdist itself gains on this machine.
+PARALLEL_RUNS = {
+    "manage.py test, AsyncTestCase": ("test_async_6k", 6000, "manage.py", ["1", "2"]),
+    "pytest -n, AsyncTestCase": ("test_async_10k", 10000, "pytest", ["0", "2"]),
+    "pytest -n, TestCase (sync)": ("test_sync_10k", 10000, "pytest", ["0", "2"]),
+}
+
+
+def parallel_suite(tests: int, *, is_async: bool) -> str:
+    """A module of ``tests`` ORM tests, in classes of 100."""
+    base, make = ("AsyncTestCase", "_async_test") if is_async else ("TestCase", "_sync_test")
+    return PARALLEL_HEADER + "\n".join(
+        f"class Cases{c}({base}):\n"
+        f"    locals().update({{f'test_{{n:03}}': {make}(n) for n in range(100)}})\n"
+        for c in range(tests // 100)
+    )
 
 
 def parallel_speedup() -> dict[str, dict[str, float]]:
@@ -385,34 +422,21 @@ def parallel_speedup() -> dict[str, dict[str, float]]:
         package = Path(folder) / "bench_suite"
         package.mkdir()
         (package / "__init__.py").write_text("")
-        (package / "test_many.py").write_text(PARALLEL_SUITE)
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([folder, str(ROOT)]),
             "DJANGO_SETTINGS_MODULE": "tests.runnerproject.settings",
         }
         manage = str(ROOT / "tests" / "runnerproject" / "manage.py")
-        commands = {
-            "manage.py test": (
-                [sys.executable, manage, "test", "bench_suite", "--parallel"],
-                ["1", "2"],
-            ),
-            "pytest": (
-                [
-                    sys.executable,
-                    "-m",
-                    "pytest",
-                    "-q",
-                    "-p",
-                    "no:cacheprovider",
-                    f"{package}/test_many.py",
-                    "-n",
-                ],
-                ["0", "2"],
-            ),
-        }
         results = {}
-        for name, (command, workers) in commands.items():
+        for name, (module, tests, runner, workers) in PARALLEL_RUNS.items():
+            code = parallel_suite(tests, is_async="AsyncTestCase" in name)
+            (package / f"{module}.py").write_text(code)
+            if runner == "manage.py":
+                command = [sys.executable, manage, "test", f"bench_suite.{module}", "--parallel"]
+            else:
+                pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+                command = [*pytest, f"{package}/{module}.py", "-n"]
             times = []
             for count in workers:
                 start = time.perf_counter()
@@ -421,11 +445,70 @@ def parallel_speedup() -> dict[str, dict[str, float]]:
                 )
                 times.append(time.perf_counter() - start)
             results[name] = {
+                "tests": tests,
                 "1 worker (s)": times[0],
                 "2 workers (s)": times[1],
                 "speed-up": times[0] / times[1],
             }
         return results
+
+
+PYTEST_STYLE = {
+    "pytest-django, sync test (db)": (
+        "def test_orm(db, n):\n"
+        "    Item.objects.create(name='test')\n"
+        "    assert Item.objects.count() == 1\n",
+        ["-p", "no:asyncio"],
+    ),
+    "djasynctest.pytest, async test (db)": (
+        "async def test_orm(db, n):\n"
+        "    await Item.objects.acreate(name='test')\n"
+        "    assert await Item.objects.acount() == 1\n",
+        ["-p", "no:asyncio", "-p", "djasynctest.pytest"],
+    ),
+    "pytest-asyncio, async test (transactional_db)": (
+        "async def test_orm(transactional_db, n):\n"
+        "    await Item.objects.acreate(name='test')\n"
+        "    assert await Item.objects.acount() == 1\n",
+        ["--asyncio-mode=auto"],
+    ),
+}
+
+
+def pytest_style_costs(rounds: int) -> dict[str, float]:
+    """Per-test cost of pytest-style ORM tests (functions with pytest-django's fixtures).
+
+    Each runs in a pytest process of its own, with 100 and 500 tests: the
+    difference, over 400, leaves out the process's start-up. pytest-asyncio's
+    row is the usual workaround without the plugin (``transactional_db``, whose
+    rows a per-test flush removes).
+    """
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([folder, str(ROOT)])}
+        env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+        base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        for _ in range(rounds):
+            for name, (body, options) in PYTEST_STYLE.items():
+                times = {}
+                for count in (100, 500):
+                    module = Path(folder) / f"test_style_{count}.py"
+                    module.write_text(
+                        "import pytest\n\nfrom tests.testapp.models import Item\n\n\n"
+                        f"@pytest.mark.parametrize('n', range({count}))\n{body}"
+                    )
+                    start = time.perf_counter()
+                    subprocess.run(
+                        [*base, *options, str(module)],
+                        cwd=ROOT,
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
+                    times[count] = time.perf_counter() - start
+                cost = (times[500] - times[100]) / 400
+                best[name] = min(cost, best.get(name, cost))
+    return best
 
 
 def print_ratios(costs: dict[str, float], reference: str, *, width: int) -> None:
@@ -469,21 +552,24 @@ def print_table(results: dict[str, Any]) -> None:
         count = results["live_server_tests_per_class"]
         print(f"\nLive server, one GET per test ({count} tests per class):")
         print_ratios(results["live_server"], "TestCase, test client (sync)", width=40)
+    if "pytest_style" in results:
+        print("\npytest-style ORM test (a function with pytest-django's db):")
+        print_ratios(results["pytest_style"], "pytest-django, sync test (db)", width=46)
     print("\nOne thread hop:")
     stock = results["hops"]["stock sync_to_async, from a loop"]
     for name, cost in results["hops"].items():
-        print(f"  {name:45} {cost * 1e6:7.1f} us  {cost / stock:5.2f}x stock")
+        print(f"  {name:54} {cost * 1e6:7.1f} us  {cost / stock:5.2f}x stock")
     print("\nDiagnostics (trivial async test):")
     off = results["diagnostics"]["diagnostics off"]
     for name, cost in results["diagnostics"].items():
         share = cost / off if "own work" in name else cost / off - 1
         print(f"  {name:32} {cost * 1e3:7.3f} ms  {100 * share:+5.1f} %")
     if "parallel" in results:
-        print("\nParallel, 2,000 async ORM tests (wall time):")
+        print("\nParallel, async ORM tests (wall time):")
         for name, row in results["parallel"].items():
             print(
-                f"  {name:16} 1 worker {row['1 worker (s)']:6.2f} s, 2 workers "
-                f"{row['2 workers (s)']:6.2f} s, speed-up {row['speed-up']:.2f}x"
+                f"  {name:30} {row['tests']:6,} tests: 1 worker {row['1 worker (s)']:6.2f} s, "
+                f"2 workers {row['2 workers (s)']:6.2f} s, speed-up {row['speed-up']:.2f}x"
             )
     if "resources" in results:
         print("\nResources:")
@@ -522,6 +608,7 @@ def main() -> None:
         "diagnostics": diagnostics_overhead(options.tests, options.rounds),
     }
     if not options.quick:
+        results["pytest_style"] = pytest_style_costs(options.rounds)
         results["parallel"] = parallel_speedup()
         results["resources"] = resources_after(5000)
     print_table(results)
