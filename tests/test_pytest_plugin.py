@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 INI = """
 [pytest]
-addopts = -p djasynctest.pytest -p no:cacheprovider -p no:asyncio
+addopts = -p djasynctest.pytest -p no:cacheprovider -p no:asyncio -p no:randomly
 filterwarnings = error
 """
 
@@ -130,7 +130,7 @@ def test_without_the_plugin_async_rows_leak_into_the_next_test(project: pytest.P
     project.makeini(
         """
         [pytest]
-        addopts = -p no:cacheprovider
+        addopts = -p no:cacheprovider -p no:randomly
         asyncio_mode = auto
         asyncio_default_fixture_loop_scope = function
         """
@@ -323,7 +323,7 @@ def test_with_pytest_asyncio(project: pytest.Pytester, mode: str) -> None:
     project.makeini(
         f"""
         [pytest]
-        addopts = -p djasynctest.pytest -p no:cacheprovider
+        addopts = -p djasynctest.pytest -p no:cacheprovider -p no:randomly
         asyncio_mode = {mode}
         asyncio_default_fixture_loop_scope = function
         filterwarnings = error
@@ -385,7 +385,10 @@ def test_reuse_db_and_create_db(project: pytest.Pytester) -> None:
 
 def test_sync_tests_and_unittest_classes_in_the_same_run(project: pytest.Pytester) -> None:
     """Enabled by pytest_plugins: what it does not handle runs as pytest-django runs it."""
-    project.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:asyncio\nfilterwarnings = error")
+    project.makeini(
+        "[pytest]\naddopts = -p no:cacheprovider -p no:asyncio -p no:randomly\n"
+        "filterwarnings = error"
+    )
     project.makeconftest('pytest_plugins = ["djasynctest.pytest"]')
     project.makepyfile(
         test_mixed="""
