@@ -21,17 +21,23 @@ names modules or functions whose blocks are not reported at all.
 
 from __future__ import annotations
 
+import asyncio
 import asyncio.runners
 import importlib
 import inspect
 import os
 import sysconfig
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any, TypeVar
 
-from djasynctest._diagnostics import user_stack
+from djasynctest._diagnostics import Deadline, LoopBlocked, user_stack
+from djasynctest._watchdog import LoopWatch
 
 __unittest = True
+
+T = TypeVar("T")
 
 _ASYNC = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
@@ -171,3 +177,66 @@ def report(test: str, blocks: list[tuple[float, Block]], threshold: float) -> st
         "its module or function to blocking_allowed, raise blocking_threshold, or set it "
         "to None."
     )
+
+
+def fail_or_warn(
+    test: str,
+    blocks: list[tuple[float, Block]],
+    threshold: float,
+    *,
+    mode: str,
+    warn: Callable[[str], None],
+) -> None:
+    """After a run of the loop: report its blocks, the packages' as a warning (``warn``), the
+    project's as ``LoopBlocked`` (``mode`` ``"fail"``) or a warning (``"warn"``)."""
+    __tracebackhide__ = True
+    own = [(held, block) for held, block in blocks if block.package is None]
+    if len(own) < len(blocks):
+        # A block inside a package's code never fails the test.
+        warn(report(test, [(held, b) for held, b in blocks if b.package is not None], threshold))
+    if own:
+        text = report(test, own, threshold)
+        if mode == "fail":
+            raise LoopBlocked(text)
+        warn(text)
+
+
+def run_watched(
+    run: Callable[[], T],
+    coro: Coroutine[Any, Any, Any],
+    test: str,
+    *,
+    watch: LoopWatch | None,
+    deadline: Deadline | None,
+    mode: str,
+    warn: Callable[[str], None],
+) -> T:
+    """M: ``run()`` (which runs ``coro`` on the loop), watched by the blocking detector
+    (``watch``) and the test's timeout (``deadline``); report what they saw."""
+    __tracebackhide__ = True
+    if deadline is not None:
+        deadline.running(coro)
+    if watch is not None:
+        watch.start()
+    blocks: list[tuple[float, Block]] = []
+    try:
+        try:
+            result = run()
+        finally:
+            if watch is not None:
+                blocks = [(held, block) for held, block in watch.stop() if not block.allowed]
+            if deadline is not None:
+                deadline.running(None)
+    except asyncio.CancelledError:
+        if deadline is None or deadline.report is None:
+            raise
+        raise deadline.error() from None
+    except BaseException as exc:
+        if blocks:
+            assert watch is not None
+            exc.add_note(report(test, blocks, watch.threshold))
+        raise
+    if blocks:
+        assert watch is not None
+        fail_or_warn(test, blocks, watch.threshold, mode=mode, warn=warn)
+    return result

@@ -49,8 +49,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
-from djasynctest._blocking import Block
-from djasynctest._blocking import report as blocking_report
+from djasynctest._blocking import run_watched
 from djasynctest._blocking import sample as sample_block
 from djasynctest._classlevel import (
     CLASS_HOOKS,
@@ -84,7 +83,6 @@ from djasynctest._dbtools import (
 from djasynctest._diagnostics import (
     BlockingWarning,
     Deadline,
-    LoopBlocked,
     PendingTaskWarning,
     connections_left_open,
     forget_task_sites,
@@ -464,49 +462,15 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         __tracebackhide__ = True
         runner = self._asyncioRunner
         assert runner is not None, "asyncio runner is not initialized"
-        watch, deadline = self._djat_watch, self._djat_deadline
-        if deadline is not None:
-            deadline.running(coro)
-        if watch is not None:
-            watch.start()
-        blocks: list[tuple[float, Block]] = []
-        try:
-            try:
-                result = self._djat_run(runner, coro, context or self._asyncioTestContext)
-            finally:
-                if watch is not None:
-                    blocks = [(held, block) for held, block in watch.stop() if not block.allowed]
-                if deadline is not None:
-                    deadline.running(None)
-        except asyncio.CancelledError:
-            if deadline is None or deadline.report is None:
-                raise
-            raise deadline.error() from None
-        except BaseException as exc:
-            if blocks:
-                exc.add_note(self._djat_blocking_report(blocks))
-            raise
-        if blocks:
-            self._djat_report_blocks(blocks)
-        return result
-
-    def _djat_report_blocks(self, blocks: list[tuple[float, Block]]) -> None:
-        __tracebackhide__ = True
-        own = [(held, block) for held, block in blocks if block.package is None]
-        if len(own) < len(blocks):
-            # A block inside a package's code never fails the test.
-            packages = [(held, block) for held, block in blocks if block.package is not None]
-            warn_at_test(self, self._djat_blocking_report(packages), BlockingWarning)
-        if own:
-            report = self._djat_blocking_report(own)
-            if self._djat_options.blocking_mode == "fail":
-                raise LoopBlocked(report)
-            warn_at_test(self, report, BlockingWarning)
-
-    def _djat_blocking_report(self, blocks: list[tuple[float, Block]]) -> str:
-        threshold = self._djat_options.blocking_threshold
-        assert threshold is not None
-        return blocking_report(str(self), blocks, threshold)
+        return run_watched(
+            functools.partial(self._djat_run, runner, coro, context or self._asyncioTestContext),
+            coro,
+            str(self),
+            watch=self._djat_watch,
+            deadline=self._djat_deadline,
+            mode=self._djat_options.blocking_mode,
+            warn=lambda text: warn_at_test(self, text, BlockingWarning),
+        )
 
     def _djat_run(
         self,

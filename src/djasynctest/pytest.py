@@ -46,8 +46,7 @@ from _pytest.fixtures import resolve_fixture_function
 from django.core.exceptions import SynchronousOnlyOperation
 
 from djasynctest._affinity import pin_together
-from djasynctest._blocking import Block
-from djasynctest._blocking import report as blocking_report
+from djasynctest._blocking import run_watched
 from djasynctest._blocking import sample as sample_block
 from djasynctest._case import SYNC_ORM_HINT
 from djasynctest._classlevel import _RUNNER_STATE
@@ -57,7 +56,6 @@ from djasynctest._dbtools import OnDBThread, connect_receivers
 from djasynctest._diagnostics import (
     BlockingWarning,
     Deadline,
-    LoopBlocked,
     PendingTaskWarning,
     connections_left_open,
     forget_task_sites,
@@ -624,54 +622,30 @@ class _Loop:
             return db.ask_caller(functools.partial(self.run, coro, context))
         deadline = self.deadline
         if deadline is None and self.opts.timeout is not None:
+            # A fixture of a higher scope: a timeout for each of its runs.
             deadline = Deadline(self.runner.get_loop(), self.opts.timeout, self.name)
-        if deadline is not None:
-            deadline.running(coro)
-        if self.watch is not None:
-            self.watch.start()
-        blocks: list[tuple[float, Block]] = []
         try:
-            try:
-                result = run_on(self.runner, coro, context)
-            finally:
-                if self.watch is not None:
-                    blocks = [(held, b) for held, b in self.watch.stop() if not b.allowed]
-                if deadline is not None:
-                    deadline.running(None)
-                    if deadline is not self.deadline:
-                        deadline.cancel()
-        except asyncio.CancelledError:
-            if deadline is None or deadline.report is None:
-                raise
-            raise deadline.error() from None
-        except BaseException as exc:
-            if isinstance(exc, SynchronousOnlyOperation) and SYNC_ORM_HINT not in getattr(
-                exc, "__notes__", ()
-            ):
-                exc.add_note(SYNC_ORM_HINT)
-            if blocks:
-                exc.add_note(self._blocking_report(blocks))
-            raise
-        if blocks:
-            self._report_blocks(blocks)
-        return result
+            return run_watched(
+                functools.partial(self._run, coro, context),
+                coro,
+                self.name,
+                watch=self.watch,
+                deadline=deadline,
+                mode=self.opts.blocking_mode,
+                warn=lambda text: self._warn(text, BlockingWarning),
+            )
+        finally:
+            if deadline is not None and deadline is not self.deadline:
+                deadline.cancel()
 
-    def _report_blocks(self, blocks: list[tuple[float, Block]]) -> None:
+    def _run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
         __tracebackhide__ = True
-        own = [(held, block) for held, block in blocks if block.package is None]
-        if len(own) < len(blocks):
-            # A block inside a package's code never fails the test.
-            packages = [(held, block) for held, block in blocks if block.package is not None]
-            self._warn(self._blocking_report(packages), BlockingWarning)
-        if own:
-            report = self._blocking_report(own)
-            if self.opts.blocking_mode == "fail":
-                raise LoopBlocked(report)
-            self._warn(report, BlockingWarning)
-
-    def _blocking_report(self, blocks: list[tuple[float, Block]]) -> str:
-        assert self.opts.blocking_threshold is not None
-        return blocking_report(self.name, blocks, self.opts.blocking_threshold)
+        try:
+            return run_on(self.runner, coro, context)
+        except SynchronousOnlyOperation as exc:
+            if SYNC_ORM_HINT not in getattr(exc, "__notes__", ()):
+                exc.add_note(SYNC_ORM_HINT)
+            raise
 
     def _warn(self, message: str, category: type[Warning]) -> None:
         # At the test function's line, where users look.
