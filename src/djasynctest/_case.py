@@ -83,15 +83,10 @@ from djasynctest._dbtools import (
 from djasynctest._diagnostics import (
     BlockingWarning,
     Deadline,
+    Leaks,
     PendingTaskWarning,
-    connections_left_open,
-    forget_task_sites,
-    leaks_report,
-    new_threads,
     stop_db_thread_on_interrupt,
-    track_task_creation,
     warn_at_test,
-    watch_connections,
 )
 from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
 from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
@@ -161,8 +156,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     _djat_options: Options
     _djat_deadline: Deadline | None
     _djat_watch: LoopWatch | None
-    _djat_threads_before: set[threading.Thread]
-    _djat_tasks_before: set[asyncio.Task[Any]]
+    _djat_leaks: Leaks
 
     _djat_pre_setup: Future[None] | None
     _djat_routing: ThreadSensitiveContext | None
@@ -336,16 +330,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                 opts.blocking_threshold,
                 functools.partial(sample_block, allowed=opts.blocking_allowed),
             )
-        checks = opts.leak_checks
-        if "threads" in checks:
-            self._djat_threads_before = set(threading.enumerate())
-        if "connections" in checks:
-            watch_connections()
-        if "tasks" in checks:
-            self._djat_tasks_before = asyncio.all_tasks(loop)
-            forget_task_sites()
-            track_task_creation(loop, full_stacks=opts.task_creation_stacks)
-        if checks:
+        if opts.leak_checks:
+            self._djat_leaks = Leaks(loop, opts.leak_checks, full_stacks=opts.task_creation_stacks)
             self.addCleanup(self._djat_check_leaks)
         self._djat_before_hooks()
         if _overrides(self, "setUp", unittest.TestCase):
@@ -491,23 +477,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _djat_check_leaks(self) -> None:
         # M, with the loop stopped, after the user's cleanups and before the rollback.
-        assert self._asyncioRunner is not None
-        loop = self._asyncioRunner.get_loop()
-        checks = self._djat_options.leak_checks
-        tasks = (
-            {
-                task
-                for task in asyncio.all_tasks(loop) - self._djat_tasks_before
-                # asyncio's own aclose() of an unfinished async generator; closing
-                # the loop finishes it.
-                if type(task.get_coro()).__name__ != "async_generator_athrow"
-            }
-            if "tasks" in checks
-            else set()
-        )
-        threads = new_threads(self._djat_threads_before) if "threads" in checks else set()
-        connections = connections_left_open() if "connections" in checks else []
-        report = leaks_report(str(self), tasks, threads, connections)
+        report = self._djat_leaks.report(str(self))
         if report is not None:
             warn_at_test(self, report, PendingTaskWarning)
 
@@ -602,6 +572,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             "_djat_routing",
             "_djat_watch",
             "_djat_deadline",
+            "_djat_leaks",
         ):
             state.pop(name, None)
         return state

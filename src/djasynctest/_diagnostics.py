@@ -458,6 +458,42 @@ def _really_open(connection: Any) -> bool:
     return True
 
 
+class Leaks:
+    """What a test's loop and the process had when the test started, to report what it
+    leaves behind: the kinds of ``checks`` (some of ``"tasks"``, ``"threads"``,
+    ``"connections"``)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, checks: frozenset[str], *, full_stacks: bool
+    ) -> None:
+        self.loop = loop
+        self.checks = checks
+        self.threads_before = set(threading.enumerate()) if "threads" in checks else set()
+        if "connections" in checks:
+            watch_connections()
+        self.tasks_before = asyncio.all_tasks(loop) if "tasks" in checks else set()
+        if "tasks" in checks:
+            forget_task_sites()
+            track_task_creation(loop, full_stacks=full_stacks)
+
+    def report(self, test: str) -> str | None:
+        """M, with the loop stopped: what ``test`` left behind, or None."""
+        tasks = (
+            {
+                task
+                for task in asyncio.all_tasks(self.loop) - self.tasks_before
+                # asyncio's own aclose() of an unfinished async generator; closing
+                # the loop finishes it.
+                if type(task.get_coro()).__name__ != "async_generator_athrow"
+            }
+            if "tasks" in self.checks
+            else set()
+        )
+        threads = new_threads(self.threads_before) if "threads" in self.checks else set()
+        connections = connections_left_open() if "connections" in self.checks else []
+        return leaks_report(test, tasks, threads, connections)
+
+
 def leaks_report(
     test: str,
     tasks: set[asyncio.Task[Any]],

@@ -29,12 +29,10 @@ How an item runs (M = pytest's thread, which runs the event loops; D = the DB th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import functools
 import inspect
-import threading
 import unittest
 import warnings
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
@@ -56,14 +54,9 @@ from djasynctest._dbtools import OnDBThread, connect_receivers
 from djasynctest._diagnostics import (
     BlockingWarning,
     Deadline,
+    Leaks,
     PendingTaskWarning,
-    connections_left_open,
-    forget_task_sites,
-    leaks_report,
-    new_threads,
-    track_task_creation,
     warn_at,
-    watch_connections,
 )
 from djasynctest._loop import close_runner, new_runner, run_on
 from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
@@ -606,12 +599,7 @@ class _Loop:
         if self.function:
             if opts.timeout is not None:
                 self.deadline = Deadline(loop, opts.timeout, self.name)
-            self.threads_before = set(threading.enumerate())
-            if "connections" in opts.leak_checks:
-                watch_connections()
-            if "tasks" in opts.leak_checks:
-                forget_task_sites()
-                track_task_creation(loop, full_stacks=opts.task_creation_stacks)
+            self.leaks = Leaks(loop, opts.leak_checks, full_stacks=opts.task_creation_stacks)
 
     def run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
         """M: run ``coro`` to the end in ``context``, watched."""
@@ -668,20 +656,7 @@ class _Loop:
 
     def _check_leaks(self) -> None:
         __tracebackhide__ = True
-        checks = self.opts.leak_checks
-        tasks = (
-            {
-                task
-                for task in asyncio.all_tasks(self.runner.get_loop())
-                # asyncio's own aclose() of an unfinished async generator.
-                if type(task.get_coro()).__name__ != "async_generator_athrow"
-            }
-            if "tasks" in checks
-            else set()
-        )
-        threads = new_threads(self.threads_before) if "threads" in checks else set()
-        connections = connections_left_open() if "connections" in checks else []
-        report = leaks_report(self.name, tasks, threads, connections)
+        report = self.leaks.report(self.name)
         if report is not None:
             self._warn(report, PendingTaskWarning)
 
