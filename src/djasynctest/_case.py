@@ -71,7 +71,7 @@ from djasynctest._conf import (
     check_class,
     options,
 )
-from djasynctest._dbthread import db_thread, wait
+from djasynctest._dbthread import db_thread, outcome
 from djasynctest._dbtools import (
     AsyncModifySettings,
     AsyncOverrideSettings,
@@ -307,7 +307,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if deadline is not None and deadline.report is not None:
                 deadline.settle(job)
             if db.abandoned_by != str(self):
-                _result(job)
+                outcome(job)
                 return
         self._djat_teardown_due = False
 
@@ -315,7 +315,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         # M.
         pending, self._djat_pre_setup = self._djat_pre_setup, None
         if pending is not None:
-            _result(pending)
+            outcome(pending)
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
         assert self._asyncioRunner is not None
@@ -382,7 +382,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if pending is not None:
                 # run() ended before setUp (e.g. an error from the result
                 # object): undo the per-test setup all the same.
-                _result(pending)
+                outcome(pending)
                 self._djat_teardown_due = True
                 self.addCleanup(self._djat_post_teardown)
             if self._djat_teardown_due:
@@ -417,7 +417,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             # M serves the job while it waits: an async hook that a sync wrapper
             # calls there runs here, on the loop (see _wrappers).
             job = db.submit_hosted(run_in, context, func, *args, **kwargs)
-            result = _result(job) if deadline is None else deadline.result(job)
+            result = outcome(job) if deadline is None else deadline.result(job)
         if inspect.isawaitable(result):
             # A sync wrapper that returns the coroutine of an async function.
             return self._djat_run_coroutine(awaited(result))
@@ -594,26 +594,17 @@ def _off_db_thread(func: Callable[..., T], /, *args: Any) -> T:
     db = db_thread()
     if not db.is_current():
         return func(*args)
-    outcome: Future[T] = Future()
+    ran: Future[T] = Future()
 
     def run_test() -> None:
         try:
-            outcome.set_result(func(*args))
+            ran.set_result(func(*args))
         except BaseException as exc:
-            outcome.set_exception(exc)
+            ran.set_exception(exc)
 
     threading.Thread(target=run_test, name="djasynctest-nested-test", daemon=True).start()
-    db.serve_until(outcome)
-    return _result(outcome)
-
-
-def _result(future: Future[T]) -> T:
-    __tracebackhide__ = True
-    wait(future)
-    exc = future.exception()
-    if exc is not None:
-        raise exc
-    return future.result()
+    db.serve_until(ran)
+    return outcome(ran)
 
 
 def _raised_in(exc: BaseException, qualname_prefix: str) -> bool:

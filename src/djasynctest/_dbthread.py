@@ -79,6 +79,20 @@ def wait(future: Future[Any], timeout: float | None = None) -> None:
         future.exception(timeout=timeout)
 
 
+def outcome(future: Future[T]) -> T:
+    """Wait for a job (see ``wait``) and return its result, or raise its exception.
+
+    Raised as it is, without the frames of ``concurrent.futures``: the
+    traceback goes from the caller straight to the code that raised.
+    """
+    __tracebackhide__ = True
+    wait(future)
+    exc = future.exception()
+    if exc is not None:
+        raise exc
+    return future.result()
+
+
 class DBThread(Executor):
     """A single daemon thread that runs submitted callables one at a time."""
 
@@ -139,10 +153,7 @@ class DBThread(Executor):
 
         host.requests.put(request)
         self.serve_until(answer)
-        exc = answer.exception()
-        if exc is not None:
-            raise exc
-        return answer.result()
+        return outcome(answer)
 
     def _run_under_loop(
         self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: Any, kwargs: Any
@@ -203,8 +214,8 @@ class DBThread(Executor):
         future: Future[T] = self._queue(Future(), fn, args, kwargs)
         exc = future.exception()
         if exc is not None:
-            # Re-raise without the frames of concurrent.futures: the
-            # traceback goes from the caller straight to the user's code.
+            # Raised here, as outcome() does: the traceback goes from the caller
+            # straight to the user's code (one frame fewer on this hot path).
             raise exc
         return future.result()
 

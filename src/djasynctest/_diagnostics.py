@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import asgiref
 import django
 
-from djasynctest._dbthread import DBThread, running_db_thread, wait
+from djasynctest._dbthread import DBThread, outcome, running_db_thread, wait
 from djasynctest._routing import process_wide_threads
 from djasynctest._watchdog import now, watchdog
 
@@ -213,10 +213,7 @@ class Deadline:
         elif not self.settle(future):
             # After the test timed out, a hook got stuck too.
             raise self.error()
-        exc = future.exception()
-        if exc is not None:
-            raise exc
-        return future.result()
+        return outcome(future)
 
     def settle(self, future: Future[Any]) -> bool:
         """M, once expired: wait a grace period for ``future``'s job; if it is stuck in

@@ -49,7 +49,7 @@ from djasynctest._blocking import sample as sample_block
 from djasynctest._case import SYNC_ORM_HINT
 from djasynctest._classlevel import _RUNNER_STATE
 from djasynctest._conf import Options, _check, _close_option, options
-from djasynctest._dbthread import DBThread, db_thread, running_db_thread, wait
+from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
 from djasynctest._dbtools import OnDBThread, connect_receivers
 from djasynctest._diagnostics import (
     BlockingWarning,
@@ -217,13 +217,7 @@ class _Test:
         """M: the outcome of a job of this test on D, within the test's timeout."""
         __tracebackhide__ = True
         deadline = None if self.loop is None else self.loop.deadline
-        if deadline is not None:
-            return deadline.result(job)
-        wait(job)
-        exc = job.exception()
-        if exc is not None:
-            raise exc
-        return job.result()
+        return outcome(job) if deadline is None else deadline.result(job)
 
     def on_db(
         self, db: DBThread, func: Callable[..., T], /, *args: Any, **kwargs: Any
