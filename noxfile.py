@@ -144,8 +144,9 @@ SUBPROCESS_TESTS = ["tests/test_runners.py", "tests/test_pytest_plugin.py"]
 
 
 def _ci_trim(python: object, django: str) -> list[str]:
+    oldest = (PYTHONS[0], min(DJANGOS))
     if not os.environ.get("DJASYNCTEST_CI") or (python, django) in {
-        ("3.11", "5.2"),
+        oldest,
         (ONE_PYTHON, NEWEST_DJANGO),
     }:
         return []
