@@ -24,8 +24,8 @@ from djasynctest import (
     AsyncTestMixin,
     AsyncTransactionTestCase,
 )
-from djasynctest._case import SYNC_ORM_HINT
 from djasynctest._dbthread import db_thread
+from djasynctest._loop import SYNC_ORM_HINT
 from tests.testapp.models import Item, Order
 from tests.utils import assert_passed, leftover_rows, problems, run_case, thread
 

@@ -419,7 +419,7 @@ def test_leaks_are_shown_by_default_at_the_tests_line_with_where_the_task_was_ma
     assert warning.lineno == Leaky.test_starts_a_task.__code__.co_firstlineno
     line = Leaky.test_starts_a_task.__code__.co_firstlineno + 1
     assert "task forgotten (<coroutine object Event.wait at " in str(warning.message)
-    assert f"  created at {__file__}:{line}\n" in str(warning.message)
+    assert f"  created at {__file__}:{line}, in test_starts_a_task\n" in str(warning.message)
 
 
 def test_each_kind_of_leak_check_can_be_switched_off() -> None:

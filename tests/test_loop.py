@@ -1,15 +1,25 @@
-"""Event loops: one per test or one per class, loop_factory, and the options that choose them."""
+"""Event loops: per test, class, module or session; loop_factory; the options that choose them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import importlib
 import importlib.util
+import re
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from django.test import override_settings
 
-from djasynctest import AsyncTestCase
+from djasynctest import AsyncTestCase, PendingTaskWarning
+from djasynctest._loop import close_shared_loops
 from tests.testapp.models import Item
 from tests.utils import assert_passed, leftover_rows, problems, run_case, thread
 
@@ -146,13 +156,13 @@ def test_async_set_up_class_needs_class_scope() -> None:
 def test_bad_loop_scope_fails_at_class_creation() -> None:
     with pytest.raises(TypeError) as info:
 
-        class Module(AsyncTestCase):
-            loop_scope = "module"
+        class Package(AsyncTestCase):
+            loop_scope = "package"  # type: ignore[assignment]
 
     assert str(info.value) == (
-        "test_bad_loop_scope_fails_at_class_creation.<locals>.Module.loop_scope is "
-        "'module'; it must be 'test' (a new event loop for each test) or 'class' "
-        "(one for the whole class)."
+        "test_bad_loop_scope_fails_at_class_creation.<locals>.Package.loop_scope is "
+        "'package'; it must be 'test' (a new event loop for each test), 'class' (one for "
+        "each class), 'module' (one for each test module) or 'session' (one for the whole run)."
     )
 
 
@@ -222,3 +232,305 @@ def test_uvloop() -> None:
 
     assert_passed(run_case(OnUvloop), 1)
     assert kinds == ["uvloop"]
+
+
+# --- Loops that outlive a class: "module" and "session" -----------------------------
+
+
+@pytest.fixture(autouse=True)
+def _shared_loops_closed() -> Iterator[None]:
+    """Each test here starts and ends as a run of its own: no module or session loop."""
+    close_shared_loops()
+    yield
+    close_shared_loops()
+
+
+def in_module(case: type[AsyncTestCase], module: str) -> type[AsyncTestCase]:
+    """``case`` as if defined in the test module ``module``."""
+    case.__module__ = module
+    return case
+
+
+# A global async client as an installed package ships it (redis.asyncio and the like):
+# made at import, it connects on first use, keeps a reader task on that loop, and is
+# bound to it. Its module lives under a site-packages folder, as installed packages do.
+CLIENT_PACKAGE = """
+import asyncio
+
+
+class Client:
+    def __init__(self):
+        self.connects = 0
+        self.loop = None
+        self.reader = None
+        self._inbox = None
+
+    async def ping(self):
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            self._inbox = asyncio.Queue()
+            self.reader = asyncio.create_task(self._read())
+            self.connects += 1
+        reply = self.loop.create_future()
+        self._inbox.put_nowait(reply)
+        return await reply
+
+    async def _read(self):
+        async for reply in self._replies():
+            reply.set_result("PONG")
+
+    async def _replies(self):
+        while True:
+            yield await self._inbox.get()
+
+
+CLIENT = Client()
+"""
+
+# A view that uses the global client and the ORM.
+CLIENT_URLS = """
+from django.http import JsonResponse
+from django.urls import path
+
+from fakeclient import CLIENT
+from tests.testapp.models import Item
+
+
+async def ping(request):
+    return JsonResponse({"pong": await CLIENT.ping(), "items": await Item.objects.acount()})
+
+
+urlpatterns = [path("ping/", ping)]
+"""
+
+
+@pytest.fixture
+def client_package(tmp_path: Path) -> Iterator[ModuleType]:
+    installed = tmp_path / "site-packages"
+    installed.mkdir()
+    (installed / "fakeclient.py").write_text(CLIENT_PACKAGE)
+    (tmp_path / "clienturls.py").write_text(CLIENT_URLS)
+    sys.path[:0] = [str(installed), str(tmp_path)]
+    try:
+        yield importlib.import_module("fakeclient")
+    finally:
+        sys.path[:] = [path for path in sys.path if path not in (str(installed), str(tmp_path))]
+        for name in ("fakeclient", "clienturls"):
+            sys.modules.pop(name, None)
+
+
+def test_session_scope_one_loop_for_every_class_of_every_module(client_package: Any) -> None:
+    client = client_package.CLIENT
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def case(module: str) -> type[AsyncTestCase]:
+        class UsesTheClient(AsyncTestCase):
+            loop_scope = "session"
+
+            async def test_client_view_and_orm(self) -> None:
+                loops.append(asyncio.get_running_loop())
+                self.assertEqual(await client.ping(), "PONG")
+                await Item.objects.acreate(name=module)
+                response = await self.async_client.get("/ping/")
+                self.assertEqual(response.json(), {"pong": "PONG", "items": 1})
+
+            def test_sync(self) -> None:
+                self.assertEqual(Item.objects.count(), 0)
+
+        return in_module(UsesTheClient, module)
+
+    with override_settings(ROOT_URLCONF="clienturls"):
+        for module in ("tests.fake_a", "tests.fake_a", "tests.fake_b"):
+            # -W error: a report of the client's reader task as a leak would fail it.
+            assert_passed(run_case(case(module)), 2)
+    assert client.connects == 1
+    assert loops[0] is loops[1] is loops[2]
+    assert not loops[0].is_closed()
+    assert leftover_rows() == {"items": [], "orders": 0}
+    reader = client.reader
+    close_shared_loops()
+    assert loops[0].is_closed()
+    assert reader.cancelled()
+
+
+def test_session_scope_from_the_setting_and_async_class_hooks(client_package: Any) -> None:
+    events: list[object] = []
+
+    class First(AsyncTestCase):
+        redis: Any
+
+        @classmethod
+        async def asyncSetUpClass(cls) -> None:
+            cls.redis = client_package.Client()  # made on the session's loop
+            events.append(await cls.redis.ping())
+
+        async def test_it(self) -> None:
+            events.append(await self.redis.ping())
+
+    class Second(AsyncTestCase):
+        async def test_uses_the_first_classs_client(self) -> None:
+            events.append(await First.redis.ping())
+
+    with override_settings(DJASYNCTEST={"LOOP_SCOPE": "session"}):
+        assert_passed(run_case(in_module(First, "tests.fake_a")), 1)
+        assert_passed(run_case(in_module(Second, "tests.fake_b")), 1)
+    assert events == ["PONG", "PONG", "PONG"]
+    assert First.redis.connects == 1
+
+
+def test_module_scope_one_loop_per_module_closed_when_the_next_module_starts() -> None:
+    loops: dict[str, asyncio.AbstractEventLoop] = {}
+
+    def case(name: str, module: str) -> type[AsyncTestCase]:
+        class OneModule(AsyncTestCase):
+            loop_scope = "module"
+
+            async def test_1(self) -> None:
+                loops[name + ".1"] = asyncio.get_running_loop()
+
+            async def test_2(self) -> None:
+                loops[name + ".2"] = asyncio.get_running_loop()
+
+        return in_module(OneModule, module)
+
+    assert_passed(run_case(case("a", "tests.fake_a")), 2)
+    assert_passed(run_case(case("a2", "tests.fake_a")), 2)
+    assert loops["a.1"] is loops["a.2"] is loops["a2.1"]
+    assert not loops["a.1"].is_closed()
+    assert_passed(run_case(case("b", "tests.fake_b")), 2)
+    assert loops["b.1"] is loops["b.2"]
+    assert loops["b.1"] is not loops["a.1"]
+    assert loops["a.1"].is_closed()
+    assert not loops["b.1"].is_closed()
+
+
+@pytest.mark.parametrize("scope", ["test", "class", "module"])
+def test_an_object_bound_to_a_loop_that_is_gone_names_the_fix(scope: str) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    def case(module: str) -> type[AsyncTestCase]:
+        class UsesTheQueue(AsyncTestCase):
+            loop_scope = scope  # type: ignore[assignment]
+
+            async def test_it(self) -> None:
+                # An empty queue's get() binds the queue to the loop.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.get(), 0.001)
+
+        return in_module(UsesTheQueue, module)
+
+    assert_passed(run_case(case("tests.fake_a")), 1)
+    [text] = problems(run_case(case("tests.fake_b")))
+    assert "is bound to a different event loop" in text
+    lifetime = {"test": "each test", "class": "each test class", "module": "each test module"}
+    assert (
+        f'djasynctest: an object bound to another event loop was used here: with loop_scope = "'
+        f'{scope}", {lifetime[scope]} has a loop of its own, so an object kept from an earlier '
+        "one (a global async client, a lock, a queue) is bound to a loop that is gone. Set "
+        'loop_scope = "session" (on the class, with @pytest.mark.djasynctest(loop_scope='
+        '"session"), or DJASYNCTEST = {"LOOP_SCOPE": "session"} in settings) to run every test '
+        "on one loop, or make the object anew on each loop."
+    ) in text
+
+
+def test_the_same_object_works_in_every_class_with_the_session_scope() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    class UsesTheQueue(AsyncTestCase):
+        loop_scope = "session"
+
+        async def test_it(self) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.get(), 0.001)
+
+    assert_passed(run_case(in_module(UsesTheQueue, "tests.fake_a")), 1)
+    assert_passed(run_case(in_module(UsesTheQueue, "tests.fake_b")), 1)
+
+
+def test_tasks_the_projects_code_leaves_on_a_shared_loop_are_the_tests() -> None:
+    """Reported once, by the test that left them; not again by the tests after it."""
+
+    class Leaky(AsyncTestCase):
+        loop_scope = "session"
+
+        async def test_1_leaves_a_task(self) -> None:
+            self.task = asyncio.create_task(asyncio.Event().wait(), name="left")
+
+        async def test_2_clean(self) -> None:
+            await asyncio.sleep(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_passed(run_case(Leaky), 2)
+    [warning] = caught
+    assert warning.category is PendingTaskWarning
+    assert "test_1_leaves_a_task" in str(warning.message)
+    assert "task left (" in str(warning.message)
+
+
+def test_tasks_an_installed_package_leaves_are_the_tests_with_a_loop_per_test(
+    client_package: Any,
+) -> None:
+    """With a loop per test, nothing outlives the test: the client's reader task is a leak."""
+
+    class PerTest(AsyncTestCase):
+        async def test_it(self) -> None:
+            await client_package.Client().ping()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_passed(run_case(PerTest), 1)
+    [warning] = caught
+    assert warning.category is PendingTaskWarning
+    assert re.search(r"created at .*fakeclient\.py:\d+, in ping\n", str(warning.message))
+
+
+def counting_loop() -> asyncio.AbstractEventLoop:
+    """A loop factory named in settings by its dotted path."""
+    loop = asyncio.new_event_loop()
+    counting_loop.made.append(loop)  # type: ignore[attr-defined]
+    return loop
+
+
+counting_loop.made = []  # type: ignore[attr-defined]
+
+
+def test_loop_factory_from_the_setting_makes_the_session_loop() -> None:
+    used: list[asyncio.AbstractEventLoop] = []
+
+    class Factory(AsyncTestCase):
+        async def test_1(self) -> None:
+            used.append(asyncio.get_running_loop())
+
+        async def test_2(self) -> None:
+            used.append(asyncio.get_running_loop())
+
+    counting_loop.made.clear()  # type: ignore[attr-defined]
+    setting = {"LOOP_SCOPE": "session", "LOOP_FACTORY": "tests.test_loop.counting_loop"}
+    with override_settings(DJASYNCTEST=setting):
+        assert_passed(run_case(Factory), 2)
+        assert_passed(run_case(in_module(Factory, "tests.fake_b")), 2)
+    assert used[0] is used[1] is used[2] is used[3]
+    assert counting_loop.made == [used[0]]  # type: ignore[attr-defined]
+
+
+def test_bad_loop_factory_names_the_fix() -> None:
+    class Case(AsyncTestCase):
+        async def test_it(self) -> None:
+            pass
+
+    with override_settings(DJASYNCTEST={"LOOP_FACTORY": "tests.test_loop.no_such_factory"}):
+        [text] = problems(run_case(Case))
+    assert (
+        "TypeError: settings.DJASYNCTEST['LOOP_FACTORY'] is 'tests.test_loop.no_such_factory'; "
+        "it must be a callable that makes an event loop, or the dotted path of one."
+    ) in text
+    with pytest.raises(TypeError) as info:
+
+        class NotCallable(AsyncTestCase):
+            loop_factory = "uvloop"  # type: ignore[assignment]
+
+    assert str(info.value) == (
+        "test_bad_loop_factory_names_the_fix.<locals>.NotCallable.loop_factory is 'uvloop'; "
+        "it must be a callable that makes an event loop, or the dotted path of one."
+    )

@@ -25,14 +25,13 @@ import asyncio
 import asyncio.runners
 import importlib
 import inspect
-import os
-import sysconfig
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
 from djasynctest._diagnostics import Deadline, LoopBlocked, user_stack
+from djasynctest._diagnostics import package_of as _package
 from djasynctest._watchdog import LoopWatch
 
 __unittest = True
@@ -40,12 +39,6 @@ __unittest = True
 T = TypeVar("T")
 
 _ASYNC = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
-_PACKAGE_DIRS = ("site-packages", "dist-packages")
-_STDLIB = tuple(
-    os.path.join(path, "")
-    for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
-)
-_OWN = os.path.join(os.path.dirname(__file__), "")
 _HASHERS = "django.contrib.auth.hashers"
 # What runs on the loop starts after asyncio.Runner.run.
 _RUNNERS = asyncio.runners.__file__
@@ -61,21 +54,6 @@ class Block:
     allowed: bool
     hashing: bool  # inside Django's password hashers
     importing: str | None = None  # the module Python was loading (a one-time cost)
-
-
-def _package(filename: str) -> str | None:
-    """The installed package a file belongs to, "the standard library", or None (the project)."""
-    parts = filename.split(os.sep)
-    for marker in _PACKAGE_DIRS:
-        if marker in parts:
-            index = len(parts) - 1 - parts[::-1].index(marker)
-            name = parts[index + 1] if index + 1 < len(parts) else marker
-            return name.removesuffix(".py")
-    if filename.startswith(_OWN):
-        return "djasynctest"
-    if filename.startswith(_STDLIB) or filename.startswith("<"):
-        return "the standard library"
-    return None
 
 
 def _matches(frame: FrameType, allowed: tuple[str, ...]) -> bool:

@@ -44,13 +44,10 @@ from asgiref.sync import (
     async_to_sync,
     iscoroutinefunction,
 )
-from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
-from djasynctest._blocking import run_watched
-from djasynctest._blocking import sample as sample_block
 from djasynctest._classlevel import (
     CLASS_HOOKS,
     check_bases,
@@ -81,36 +78,17 @@ from djasynctest._dbtools import (
     loop_running,
 )
 from djasynctest._diagnostics import (
-    BlockingWarning,
     Deadline,
-    Leaks,
-    PendingTaskWarning,
     stop_db_thread_on_interrupt,
     warn_at_test,
 )
-from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
+from djasynctest._loop import Loop, Run, loop_for
 from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
-from djasynctest._watchdog import LoopWatch
 from djasynctest._wrappers import awaited, reach_through_sync_wrappers
 
 __unittest = True
 
 T = TypeVar("T")
-
-SYNC_ORM_HINT = (
-    "djasynctest: in async tests and hooks, use the async ORM API "
-    "(await Model.objects.acreate(...), await qs.acount(), [x async for x in qs]) "
-    "or wrap sync code in asgiref.sync.sync_to_async(); either way it runs on the "
-    "test's DB thread, inside the test's transaction."
-)
-
-
-CAPTURE_QUERIES_HINT = (
-    "djasynctest: CaptureQueriesContext(connection) would count the queries of the "
-    "event loop's thread, where none of the test's queries run. Use "
-    "self.assertNumQueries(n), or self.captureQueries() for the list of queries "
-    "(with or async with): both read the test's DB thread."
-)
 
 
 class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
@@ -119,10 +97,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     Put it first in the bases: ``class T(AsyncTestMixin, django.test.TestCase)``.
     """
 
-    #: Called with no arguments to make the event loop (e.g. ``uvloop.new_event_loop``).
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    #: ``"test"``: a new event loop for each test; ``"class"``: one for the whole class,
-    #: with :meth:`asyncSetUpClass` and :meth:`asyncTearDownClass`.
+    #: Called with no arguments to make the event loop (e.g. ``uvloop.new_event_loop``);
+    #: ``None`` (default): asyncio's.
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = INHERITED
+    #: ``"test"`` (default): a new event loop for each test; ``"class"``: one for the whole
+    #: class; ``"module"``: one for every class of the test module; ``"session"``: one for the
+    #: whole run. With any but ``"test"``, :meth:`asyncSetUpClass` and
+    #: :meth:`asyncTearDownClass` run on it too.
     loop_scope: ClassVar[LoopScope] = INHERITED
     #: Run the loop in asyncio's debug mode (slow; ``IsolatedAsyncioTestCase``'s default).
     loop_debug: ClassVar[bool] = INHERITED
@@ -154,9 +135,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     _asyncioRunner: asyncio.Runner | None
     _asyncioTestContext: contextvars.Context
     _djat_options: Options
-    _djat_deadline: Deadline | None
-    _djat_watch: LoopWatch | None
-    _djat_leaks: Leaks
+    _djat_loop: Loop | None
+    _djat_run: Run | None
 
     _djat_pre_setup: Future[None] | None
     _djat_routing: ThreadSensitiveContext | None
@@ -179,10 +159,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_pre_setup = None
         self._djat_routing = None
         self._djat_teardown_due = False
-        self._djat_watch = None
-        if getattr(self, "_djat_deadline", None) is not None:
-            self._djat_deadline.cancel()  # type: ignore[union-attr]
-        self._djat_deadline = None
+        if getattr(self, "_djat_run", None) is not None:
+            self._djat_run.close()  # type: ignore[union-attr]
+        self._djat_run = None
+        self._djat_loop = None
+
+    @property
+    def _djat_deadline(self) -> Deadline | None:
+        return None if self._djat_run is None else self._djat_run.deadline
 
     # --- Entry points -------------------------------------------------------
 
@@ -257,12 +241,18 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if context is not None:
             # What the class's hooks set, for this test alone.
             self._asyncioTestContext = context.copy()
-        class_loop: ClassLoop | None = cls.__dict__.get("_djat_class_loop")
+        class_loop = cls.__dict__.get("_djat_class_loop")
         if class_loop is not None:
-            self._asyncioRunner = class_loop.runner
-            return
-        # Makes the loop now, while D works.
-        self._asyncioRunner = new_runner(debug=opts.loop_debug, loop_factory=self.loop_factory)
+            loop = class_loop.loop
+        else:
+            # Makes the loop now, while D works (a test run outside its class's set-up
+            # shares no class loop).
+            scope = opts.loop_scope if opts.loop_scope in ("module", "session") else "test"
+            loop = loop_for(
+                scope, cls.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
+            )
+        self._djat_loop = loop
+        self._asyncioRunner = loop.runner
 
     def _djat_run_pre_setup(self) -> None:
         # D.
@@ -318,20 +308,16 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             outcome(pending)
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
-        assert self._asyncioRunner is not None
-        loop = self._asyncioRunner.get_loop()
+        assert self._djat_loop is not None
         self._djat_routing = self._asyncioTestContext.run(enter_routing, db_thread())
         opts = self._djat_options
-        if opts.timeout is not None:
-            self._djat_deadline = Deadline(loop, opts.timeout, str(self))
-        if opts.blocking_threshold is not None:
-            self._djat_watch = LoopWatch(
-                loop,
-                opts.blocking_threshold,
-                functools.partial(sample_block, allowed=opts.blocking_allowed),
-            )
+        self._djat_run = Run(
+            self._djat_loop,
+            opts,
+            str(self),
+            warn=functools.partial(warn_at_test, self),
+        )
         if opts.leak_checks:
-            self._djat_leaks = Leaks(loop, opts.leak_checks, full_stacks=opts.task_creation_stacks)
             self.addCleanup(self._djat_check_leaks)
         self._djat_before_hooks()
         if _overrides(self, "setUp", unittest.TestCase):
@@ -374,8 +360,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _tearDownAsyncioRunner(self) -> None:
         # M.
-        runner = self._asyncioRunner
-        if runner is None:
+        loop = self._djat_loop
+        if loop is None:
             return
         try:
             pending, self._djat_pre_setup = self._djat_pre_setup, None
@@ -394,9 +380,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         finally:
             self._djat_reset()
             self._asyncioRunner = None
-            class_loop = type(self).__dict__.get("_djat_class_loop")
-            if class_loop is None or runner is not class_loop.runner:
-                close_runner(runner)
+            if loop.scope == "test":
+                loop.close()
 
     def __del__(self) -> None:
         # IsolatedAsyncioTestCase closes a runner left behind; ours never is.
@@ -446,40 +431,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     ) -> Any:
         # M: runs the loop until coro is done, watched by the diagnostics.
         __tracebackhide__ = True
-        runner = self._asyncioRunner
-        assert runner is not None, "asyncio runner is not initialized"
-        return run_watched(
-            functools.partial(self._djat_run, runner, coro, context or self._asyncioTestContext),
-            coro,
-            str(self),
-            watch=self._djat_watch,
-            deadline=self._djat_deadline,
-            mode=self._djat_options.blocking_mode,
-            warn=lambda text: warn_at_test(self, text, BlockingWarning),
-        )
-
-    def _djat_run(
-        self,
-        runner: asyncio.Runner,
-        coro: Coroutine[Any, Any, Any],
-        context: contextvars.Context,
-    ) -> Any:
-        __tracebackhide__ = True
-        try:
-            return run_on(runner, coro, context)
-        except SynchronousOnlyOperation as exc:
-            hint = (
-                CAPTURE_QUERIES_HINT if _raised_in(exc, "CaptureQueriesContext.") else SYNC_ORM_HINT
-            )
-            if hint not in getattr(exc, "__notes__", ()):
-                exc.add_note(hint)
-            raise
+        run = self._djat_run
+        assert run is not None, "the test's loop is not set up"
+        return run.run(coro, context or self._asyncioTestContext)
 
     def _djat_check_leaks(self) -> None:
         # M, with the loop stopped, after the user's cleanups and before the rollback.
-        report = self._djat_leaks.report(str(self))
-        if report is not None:
-            warn_at_test(self, report, PendingTaskWarning)
+        if self._djat_run is not None:
+            self._djat_run.check_leaks()
 
     # --- Django's tools, on the DB thread's connections ---------------------
 
@@ -570,9 +529,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             "_asyncioRunner",
             "_djat_pre_setup",
             "_djat_routing",
-            "_djat_watch",
-            "_djat_deadline",
-            "_djat_leaks",
+            "_djat_loop",
+            "_djat_run",
         ):
             state.pop(name, None)
         return state
@@ -605,16 +563,6 @@ def _off_db_thread(func: Callable[..., T], /, *args: Any) -> T:
     threading.Thread(target=run_test, name="djasynctest-nested-test", daemon=True).start()
     db.serve_until(ran)
     return outcome(ran)
-
-
-def _raised_in(exc: BaseException, qualname_prefix: str) -> bool:
-    """Whether a frame of ``exc``'s traceback runs code whose qualified name starts so."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_qualname.startswith(qualname_prefix):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _is_skipped(case: unittest.TestCase) -> bool:

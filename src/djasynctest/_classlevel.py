@@ -36,7 +36,7 @@ from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
 from djasynctest._dbtools import connect_receivers, loop_running
 from djasynctest._diagnostics import Deadline, stop_db_thread_on_interrupt
-from djasynctest._loop import ClassLoop, close_runner, new_runner, run_on
+from djasynctest._loop import Loop, loop_for
 from djasynctest._routing import enter_routing, exit_routing, run_in
 
 __unittest = True
@@ -171,27 +171,27 @@ def _set_up_class(
     # M with its ORM calls sent back to D. sync_to_async takes the class
     # context to D and brings what the hooks set back into it.
     call = _on_db_thread_from_loop(db, set_up, klass, *args, **kwargs)
+    loop = loop_for(
+        opts.loop_scope, klass.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
+    )
     try:
-        if opts.loop_scope == "test":
-            runner = new_runner(debug=opts.loop_debug, loop_factory=klass.loop_factory)
+        if loop.scope == "test":
             try:
                 result = _within_timeout(
-                    functools.partial(run_on, runner, context=context),
-                    runner.get_loop(),
+                    functools.partial(loop.run, context=context),
+                    loop.loop,
                     call,
                     klass,
                     "setUpClass",
                 )
             finally:
-                close_runner(runner)
+                loop.close()
         else:
-            loop = klass._djat_class_loop = ClassLoop(
-                db, context, debug=opts.loop_debug, loop_factory=klass.loop_factory
-            )
+            class_loop = klass._djat_class_loop = ClassLoop(db, context, loop)
             try:
-                result = _within_timeout(loop.run, loop.loop, call, klass, "setUpClass")
+                result = _within_timeout(class_loop.run, loop.loop, call, klass, "setUpClass")
                 _within_timeout(
-                    loop.run, loop.loop, _class_started(klass), klass, "asyncSetUpClass"
+                    class_loop.run, loop.loop, _class_started(klass), klass, "asyncSetUpClass"
                 )
             except BaseException:
                 # Closing the loop first cancels what D may still wait for (an
@@ -220,6 +220,29 @@ async def _class_ending(klass: Any) -> None:
         await klass.asyncTearDownClass()
     finally:
         await klass._djat_class_ending()
+
+
+class ClassLoop:
+    """The loop of a class whose ``loop_scope`` is not ``"test"`` (M), with the class's
+    context routed to the DB thread, so that global async clients made in
+    ``asyncSetUpClass`` can reach the ORM too."""
+
+    def __init__(self, db: DBThread, context: contextvars.Context, loop: Loop) -> None:
+        self.loop = loop
+        self.context = context
+        self._routing = context.run(enter_routing, db)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        __tracebackhide__ = True
+        return self.loop.run(coro, self.context)
+
+    def close(self) -> None:
+        """M, after the class's last hook: a loop of a module or the session lives on."""
+        try:
+            self.context.run(exit_routing, self._routing)
+        finally:
+            if self.loop.scope in ("test", "class"):
+                self.loop.close()
 
 
 def _within_timeout(
@@ -302,7 +325,7 @@ def _tear_down_class(
         try:
             if loop is not None:
                 _within_timeout(
-                    loop.run, loop.loop, _class_ending(klass), klass, "asyncTearDownClass"
+                    loop.run, loop.loop.loop, _class_ending(klass), klass, "asyncTearDownClass"
                 )
         finally:
             db.call(_undo_unused_pre_setup, unused)

@@ -12,12 +12,14 @@ and again when the setting is read, so that a typo fails fast with the fix.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 __unittest = True
 
-LoopScope = Literal["test", "class"]
+LoopScope = Literal["test", "class", "module", "session"]
+LOOP_SCOPES = ("test", "class", "module", "session")
 BlockingMode = Literal["fail", "warn"]
 LEAK_KINDS = ("tasks", "threads", "connections")
 
@@ -25,6 +27,7 @@ LEAK_KINDS = ("tasks", "threads", "connections")
 OPTIONS: dict[str, tuple[str, Any]] = {
     "loop_scope": ("LOOP_SCOPE", "test"),
     "loop_debug": ("LOOP_DEBUG", False),
+    "loop_factory": ("LOOP_FACTORY", None),
     "blocking_threshold": ("BLOCKING_THRESHOLD", 0.1),
     "blocking_mode": ("BLOCKING_MODE", "fail"),
     "blocking_allowed": ("BLOCKING_ALLOWED", ()),
@@ -40,6 +43,7 @@ _UNSET = object()
 class Options:
     loop_scope: LoopScope
     loop_debug: bool
+    loop_factory: Callable[[], Any] | None
     blocking_threshold: float | None
     blocking_mode: BlockingMode
     blocking_allowed: tuple[str, ...]
@@ -50,12 +54,17 @@ class Options:
 
 
 def _check(name: str, value: Any, where: str) -> Any:
-    def fail(expected: str) -> None:
+    def fail(expected: str) -> NoReturn:
         msg = f"{where} is {value!r}; it must be {expected}."
         raise TypeError(msg)
 
-    if name == "loop_scope" and value not in ("test", "class"):
-        fail("'test' (a new event loop for each test) or 'class' (one for the whole class)")
+    if name == "loop_scope" and value not in LOOP_SCOPES:
+        fail(
+            "'test' (a new event loop for each test), 'class' (one for each class), "
+            "'module' (one for each test module) or 'session' (one for the whole run)"
+        )
+    if name == "loop_factory":
+        return _loop_factory(value, fail)
     flags = ("loop_debug", "task_creation_stacks", "cpu_affinity")
     if name in flags and not isinstance(value, bool):
         fail("True or False")
@@ -74,6 +83,19 @@ def _check(name: str, value: Any, where: str) -> Any:
         if not _strings(value, lambda item: item in LEAK_KINDS):
             fail(f"a list of the leaks to report, some of {list(LEAK_KINDS)}")
         return frozenset(value)
+    return value
+
+
+def _loop_factory(value: Any, fail: Callable[[str], NoReturn]) -> Any:
+    if isinstance(value, str):
+        from django.utils.module_loading import import_string
+
+        try:
+            value = import_string(value)
+        except ImportError:
+            fail("a callable that makes an event loop, or the dotted path of one")
+    if value is not None and not callable(value):
+        fail("a callable that makes an event loop (such as uvloop.new_event_loop), or None")
     return value
 
 

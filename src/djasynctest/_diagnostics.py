@@ -28,6 +28,7 @@ import gc
 import inspect
 import os
 import sys
+import sysconfig
 import threading
 import traceback
 import unittest
@@ -35,6 +36,7 @@ import warnings
 import weakref
 from collections.abc import Coroutine
 from concurrent.futures import Future
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -132,7 +134,7 @@ def tasks_report(
     parts = []
     for task in sorted(asyncio.all_tasks(loop), key=lambda task: task is not test_task):
         if not task.done():
-            name = label if task is test_task else f"task {task.get_name()}"
+            name = label if task is test_task else f"task {task_name(task)}"
             parts.append(f"{name}:\n{task_stack(task)}")
     return "".join(parts)
 
@@ -335,12 +337,48 @@ def warn_at(function: Any, module: str, message: str, category: type[Warning]) -
 
 # --- Leaks ------------------------------------------------------------------------
 
-# Where each task made during the current test was made, by id(task): the
-# file and line, or the user's stack. A plain dict, emptied when each test
-# starts (forget_task_sites): the leak report only asks about tasks still
-# alive, whose id is theirs alone; a weak-keyed one costs a weakref per task.
-_creation_sites: dict[int, tuple[str, int] | str] = {}
+# Where each task made during the current test was made, by id(task). A plain
+# dict, emptied when each test starts (forget_task_sites): the leak report only
+# asks about tasks still alive, whose id is theirs alone; a weak-keyed one costs
+# a weakref per task.
+_creation_sites: dict[int, Site] = {}
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
+_PACKAGE_DIRS = ("site-packages", "dist-packages")
+_STDLIB = tuple(
+    os.path.join(path, "")
+    for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
+)
+_OWN = os.path.join(os.path.dirname(__file__), "")
+
+
+def package_of(filename: str) -> str | None:
+    """The installed package a file belongs to, "the standard library", or None (the project)."""
+    parts = filename.split(os.sep)
+    for marker in _PACKAGE_DIRS:
+        if marker in parts:
+            index = len(parts) - 1 - parts[::-1].index(marker)
+            name = parts[index + 1] if index + 1 < len(parts) else marker
+            return name.removesuffix(".py")
+    if filename.startswith(_OWN):
+        return "djasynctest"
+    if filename.startswith(_STDLIB) or filename.startswith("<"):
+        return "the standard library"
+    return None
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a task was made: the first frame outside asyncio, and the user's stack if asked."""
+
+    filename: str
+    lineno: int
+    function: str
+    stack: str | None = None
+
+    def __str__(self) -> str:
+        if self.stack is not None:
+            return f"  created at:\n{self.stack}"
+        return f"  created at {self.filename}:{self.lineno}, in {self.function}\n"
 
 
 def forget_task_sites() -> None:
@@ -350,8 +388,8 @@ def forget_task_sites() -> None:
 def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -> None:
     """Remember where each task of ``loop`` is made, for the leak report (once per loop).
 
-    By default only the file and line that made it (a short frame walk); with
-    ``task_creation_stacks = True``, the whole stack (slow).
+    By default only the file, line and function that made it (a short frame walk);
+    with ``task_creation_stacks = True``, the whole stack too (slow).
     """
     previous = loop.get_task_factory()
     if getattr(previous, "_djat_full_stacks", None) == full_stacks:
@@ -363,14 +401,18 @@ def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -
             task: Any = asyncio.Task(coro, loop=loop, **kwargs)
         else:
             task = previous(loop, coro, **kwargs)
-        frame: FrameType | None = sys._getframe(1)
-        if full_stacks:
-            _creation_sites[id(task)] = user_stack(frame)
-            return task  # type: ignore[no-any-return]
+        caller: FrameType | None = sys._getframe(1)
+        frame = caller
         while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO):
             frame = frame.f_back
         if frame is not None:
-            _creation_sites[id(task)] = (frame.f_code.co_filename, frame.f_lineno)
+            code = frame.f_code
+            _creation_sites[id(task)] = Site(
+                code.co_filename,
+                frame.f_lineno,
+                code.co_name,
+                user_stack(caller) if full_stacks else None,
+            )
         return task  # type: ignore[no-any-return]
 
     factory._djat_full_stacks = full_stacks  # type: ignore[attr-defined]
@@ -458,13 +500,25 @@ def _really_open(connection: Any) -> bool:
 class Leaks:
     """What a test's loop and the process had when the test started, to report what it
     leaves behind: the kinds of ``checks`` (some of ``"tasks"``, ``"threads"``,
-    ``"connections"``)."""
+    ``"connections"``).
+
+    A test's tasks are those made while it ran and still pending when it ends. On
+    a loop that outlives the test (any ``loop_scope`` but ``"test"``), a task that
+    an installed package's code made (a client's reader or keep-alive task, made
+    when the test first used it) lives with the loop, and is not the test's.
+    """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, checks: frozenset[str], *, full_stacks: bool
+        self,
+        loop: asyncio.AbstractEventLoop,
+        checks: frozenset[str],
+        *,
+        full_stacks: bool,
+        loop_outlives_test: bool = False,
     ) -> None:
         self.loop = loop
         self.checks = checks
+        self.loop_outlives_test = loop_outlives_test
         self.threads_before = set(threading.enumerate()) if "threads" in checks else set()
         if "connections" in checks:
             watch_connections()
@@ -482,6 +536,7 @@ class Leaks:
                 # asyncio's own aclose() of an unfinished async generator; closing
                 # the loop finishes it.
                 if type(task.get_coro()).__name__ != "async_generator_athrow"
+                and not (self.loop_outlives_test and _made_by_a_package(task))
             }
             if "tasks" in self.checks
             else set()
@@ -489,6 +544,23 @@ class Leaks:
         threads = new_threads(self.threads_before) if "threads" in self.checks else set()
         connections = connections_left_open() if "connections" in self.checks else []
         return leaks_report(test, tasks, threads, connections)
+
+
+def _made_by_a_package(task: asyncio.Task[Any]) -> bool:
+    site = _creation_sites.get(id(task))
+    return site is not None and package_of(site.filename) not in (None, "djasynctest")
+
+
+def task_name(task: asyncio.Task[Any]) -> str:
+    """The task's name; its coroutine's where it has none.
+
+    Python 3.13.0's ``create_task`` names a task that a task factory made ``str(None)``.
+    """
+    name = task.get_name()
+    if name in (None, "None"):
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", None) or repr(coro)
+    return str(name)
 
 
 def leaks_report(
@@ -499,15 +571,9 @@ def leaks_report(
 ) -> str | None:
     parts = []
     for task in tasks:
-        where = _creation_sites.get(id(task))
-        made = (
-            "  (not made on the test's loop)\n"
-            if where is None
-            else f"  created at {where[0]}:{where[1]}\n"
-            if isinstance(where, tuple)
-            else f"  created at:\n{where}"
-        )
-        parts.append(f"task {task.get_name()} ({task.get_coro()!r}) is still pending\n{made}")
+        site = _creation_sites.get(id(task))
+        made = "  (not made on the test's loop)\n" if site is None else str(site)
+        parts.append(f"task {task_name(task)} ({task.get_coro()!r}) is still pending\n{made}")
     parts += [f"thread {thread.name!r} is still running\n" for thread in threads]
     parts += [
         f"database connection {conn.alias!r}, opened by thread {thread!r} outside the "

@@ -1,78 +1,300 @@
-"""Event loops: one per test (IsolatedAsyncioTestCase's way) or one per class.
+"""Event loops and what runs on them: one mechanism for the test classes and the pytest plugin.
 
-Every class has one ``contextvars.Context`` (see ``_classlevel``); each test
-runs in a copy of it, so that what the class set up is visible and what a
-test sets is not seen by the next. With ``loop_scope = "class"``, one
-``asyncio.Runner`` serves the whole class too: ``asyncSetUpClass``, every test
-and ``asyncTearDownClass``. The class context then routes thread-sensitive
-calls to the DB thread, so that global async clients made in
-``asyncSetUpClass`` can reach the ORM too.
+A ``Loop`` is an ``asyncio.Runner`` that lives as long as its scope:
+
+``"test"``
+    made for one test and closed after it (``IsolatedAsyncioTestCase``'s way);
+``"class"``
+    made when a class (or, under pytest, a class of tests) starts, closed after its last hook;
+``"module"``
+    shared by the classes and plugin-run tests of one test module: made by the first of them,
+    closed when a test of another module starts (runners keep a module's tests together),
+    at the end of the module under pytest, and at the latest when the process exits;
+``"session"``
+    shared by every class and plugin-run test of the process (each parallel worker has its
+    own): closed once, after the last test (at the end of the pytest session, or at exit).
+
+Closing a loop cancels the tasks still on it, shuts its async generators and its
+default executor down, and closes it: nothing is left for the garbage collector to
+complain about. Every loop is routed to the DB thread (route 3 of ``_routing``), for
+tasks that run in a context of their own; a shared loop is routed again whenever it
+is taken, as the DB thread may have been replaced since.
+
+A ``Run`` is one test's use of a loop (or a longer-scoped pytest fixture's): it runs
+coroutines watched by the blocking detector and the timeout, keeps the test's leak
+bookkeeping, and adds the fix to the errors whose cause it knows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
+import functools
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from djasynctest._dbthread import DBThread, db_thread
-from djasynctest._routing import (
-    claim_locals,
-    enter_routing,
-    exit_routing,
-    route_loop,
-    unroute_loop,
+from django.core.exceptions import SynchronousOnlyOperation
+
+from djasynctest._blocking import run_watched
+from djasynctest._blocking import sample as sample_block
+from djasynctest._conf import LoopScope, Options
+from djasynctest._dbthread import db_thread
+from djasynctest._diagnostics import (
+    BlockingWarning,
+    Deadline,
+    Leaks,
+    PendingTaskWarning,
 )
+from djasynctest._routing import claim_locals, route_loop, unroute_loop
+from djasynctest._watchdog import LoopWatch
 
 __unittest = True
 
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+Warn = Callable[[str, type[Warning]], None]
+
+SYNC_ORM_HINT = (
+    "djasynctest: in async tests and hooks, use the async ORM API "
+    "(await Model.objects.acreate(...), await qs.acount(), [x async for x in qs]) "
+    "or wrap sync code in asgiref.sync.sync_to_async(); either way it runs on the "
+    "test's DB thread, inside the test's transaction."
+)
+
+CAPTURE_QUERIES_HINT = (
+    "djasynctest: CaptureQueriesContext(connection) would count the queries of the "
+    "event loop's thread, where none of the test's queries run. Use "
+    "self.assertNumQueries(n), or self.captureQueries() for the list of queries "
+    "(with or async with): both read the test's DB thread."
+)
+
+# What asyncio says when an object made on one loop (a lock, a queue, a future, a
+# transport) is used on another, or after its loop was closed.
+_OTHER_LOOP = ("attached to a different loop", "bound to a different event loop")
+_CLOSED_LOOP = "Event loop is closed"
+_LIFETIMES = {
+    "test": "each test has a loop of its own",
+    "class": "each test class has a loop of its own",
+    "module": "each test module has a loop of its own",
+    "package": "each test package has a loop of its own",
+}
 
 
-def new_runner(*, debug: bool, loop_factory: LoopFactory) -> asyncio.Runner:
-    """A runner with its loop made, and routed to the DB thread (close it with close_runner)."""
-    runner = asyncio.Runner(debug=debug, loop_factory=loop_factory)
-    route_loop(runner.get_loop(), db_thread())
-    return runner
+def other_loop_hint(scope: str) -> str:
+    return (
+        f'djasynctest: an object bound to another event loop was used here: with loop_scope = "'
+        f'{scope}", {_LIFETIMES[scope]}, so an object kept from an earlier one (a global async '
+        'client, a lock, a queue) is bound to a loop that is gone. Set loop_scope = "session" '
+        '(on the class, with @pytest.mark.djasynctest(loop_scope="session"), or DJASYNCTEST = '
+        '{"LOOP_SCOPE": "session"} in settings) to run every test on one loop, or make the '
+        "object anew on each loop."
+    )
 
 
-def run_on(runner: asyncio.Runner, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
-    """M: run ``coro`` on the runner's loop in ``context`` (which D may have used last)."""
-    __tracebackhide__ = True
-    context.run(claim_locals)
-    return runner.run(coro, context=context)
+class Loop:
+    """An event loop of a scope, routed to the DB thread (M, the thread that runs it).
 
+    ``scope``: one of the ``loop_scope`` values, or, for a pytest fixture, ``"package"``.
+    """
 
-def close_runner(runner: asyncio.Runner) -> None:
-    try:
-        unroute_loop(runner.get_loop())
-    finally:
-        runner.close()
-
-
-class ClassLoop:
-    """The event loop and context of a class with ``loop_scope = "class"`` (M)."""
-
-    def __init__(
-        self,
-        db: DBThread,
-        context: contextvars.Context,
-        *,
-        debug: bool,
-        loop_factory: LoopFactory,
-    ) -> None:
-        self.runner = new_runner(debug=debug, loop_factory=loop_factory)
+    def __init__(self, scope: str, *, debug: bool, loop_factory: LoopFactory) -> None:
+        self.scope = scope
+        self.runner = asyncio.Runner(debug=debug, loop_factory=loop_factory)
         self.loop = self.runner.get_loop()
-        self.context = context
-        self._routing = self.context.run(enter_routing, db)
+        self.pid = os.getpid()
+        self.closed = False
+        self.route()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return run_on(self.runner, coro, self.context)
+    def route(self) -> None:
+        route_loop(self.loop, db_thread())
+
+    def run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+        """M: run ``coro`` to the end on this loop, in ``context`` (which D may have used last)."""
+        __tracebackhide__ = True
+        context.run(claim_locals)
+        try:
+            return self.runner.run(coro, context=context)
+        except SynchronousOnlyOperation as exc:
+            _add_note(
+                exc,
+                CAPTURE_QUERIES_HINT
+                if _raised_in(exc, "CaptureQueriesContext.")
+                else SYNC_ORM_HINT,
+            )
+            raise
+        except RuntimeError as exc:
+            if self.scope != "session" and _bound_elsewhere(exc):
+                _add_note(exc, other_loop_hint(self.scope))
+            raise
 
     def close(self) -> None:
+        """M: cancel what still runs on the loop, shut it down, and close it (once)."""
+        if self.closed:
+            return
+        self.closed = True
         try:
-            self.context.run(exit_routing, self._routing)
+            unroute_loop(self.loop)
         finally:
-            close_runner(self.runner)
+            if self.pid == os.getpid():
+                self.runner.close()
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
+
+
+def _raised_in(exc: BaseException, qualname_prefix: str) -> bool:
+    """Whether a frame of ``exc``'s traceback runs code whose qualified name starts so."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_qualname.startswith(qualname_prefix):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _bound_elsewhere(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return any(words in text for words in _OTHER_LOOP) or text == _CLOSED_LOOP
+
+
+# --- Loops that outlive a class: one per module, one for the session ---------------
+
+# (scope, module or "", loop_factory, debug) -> the live loop. Tests that ask for
+# another factory or debug mode cannot share a loop: they get one of their own.
+_shared: dict[tuple[Any, ...], Loop] = {}
+_at_exit_in: int | None = None  # the process whose exit closes the shared loops
+
+
+def shared_loop(scope: LoopScope, module: str, *, debug: bool, loop_factory: LoopFactory) -> Loop:
+    """M: the live loop of ``module`` (scope ``"module"``) or of the process (``"session"``).
+
+    It is made on first use; a loop that a test of another module needs closes the
+    module loops of the modules before it.
+    """
+    global _at_exit_in
+    assert scope in ("module", "session"), scope
+    entering_module(module)
+    key = (scope, module if scope == "module" else "", loop_factory, debug)
+    loop = _shared.get(key)
+    if loop is not None and not loop.closed and not loop.loop.is_running():
+        loop.route()
+        return loop
+    if loop is not None and loop.loop.is_running():
+        # A test run from inside a test (on another thread) while the shared
+        # loop runs the outer one: it cannot share it.
+        return Loop("test", debug=debug, loop_factory=loop_factory)
+    if _at_exit_in != os.getpid():
+        _at_exit_in = os.getpid()
+        atexit.register(close_shared_loops)
+    loop = _shared[key] = Loop(scope, debug=debug, loop_factory=loop_factory)
+    return loop
+
+
+def entering_module(module: str) -> None:
+    """M: a test of ``module`` starts: the module loops of other modules are done."""
+    _forget_forked()
+    for key in [key for key in _shared if key[0] == "module" and key[1] != module]:
+        _shared.pop(key).close()
+
+
+def close_shared_loops(*, scope: LoopScope | None = None, module: str | None = None) -> None:
+    """M: close the shared loops (of ``scope``, of ``module``), newest first."""
+    _forget_forked()
+    for key in reversed(list(_shared)):
+        if (scope is None or key[0] == scope) and (module is None or key[1] == module):
+            _shared.pop(key).close()
+
+
+def _forget_forked() -> None:
+    # A forked child (a parallel worker) inherits its parent's loops: not its to close.
+    for key in [key for key, loop in _shared.items() if loop.pid != os.getpid()]:
+        del _shared[key]
+
+
+def loop_for(scope: LoopScope, module: str, *, debug: bool, loop_factory: LoopFactory) -> Loop:
+    """M: a loop for a class or a test of ``module`` that asks for ``scope``: its own
+    (``"test"``, ``"class"``), or the shared one."""
+    if scope in ("module", "session"):
+        return shared_loop(scope, module, debug=debug, loop_factory=loop_factory)
+    entering_module(module)
+    return Loop(scope, debug=debug, loop_factory=loop_factory)
+
+
+# --- One test on a loop --------------------------------------------------------------
+
+
+class Run:
+    """What one test runs on a loop, watched; or, with ``test=False``, a fixture of a
+    longer scope (each of whose runs gets the timeout on its own, and no leak report).
+
+    ``warn(text, category)`` issues a warning where the user looks (the test's line).
+    """
+
+    def __init__(
+        self, loop: Loop, opts: Options, name: str, *, warn: Warn, test: bool = True
+    ) -> None:
+        self.loop = loop
+        self.opts = opts
+        self.name = name
+        self.warn = warn
+        self.test = test
+        self.watch = (
+            None
+            if opts.blocking_threshold is None
+            else LoopWatch(
+                loop.loop,
+                opts.blocking_threshold,
+                functools.partial(sample_block, allowed=opts.blocking_allowed),
+            )
+        )
+        self.deadline = (
+            Deadline(loop.loop, opts.timeout, name) if test and opts.timeout is not None else None
+        )
+        self.leaks = (
+            Leaks(
+                loop.loop,
+                opts.leak_checks,
+                full_stacks=opts.task_creation_stacks,
+                loop_outlives_test=loop.scope != "test",
+            )
+            if test and opts.leak_checks
+            else None
+        )
+
+    def run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+        """M: run ``coro`` to the end in ``context``, and report what the watch saw."""
+        __tracebackhide__ = True
+        deadline = self.deadline
+        if deadline is None and not self.test and self.opts.timeout is not None:
+            deadline = Deadline(self.loop.loop, self.opts.timeout, self.name)
+        try:
+            return run_watched(
+                functools.partial(self.loop.run, coro, context),
+                coro,
+                self.name,
+                watch=self.watch,
+                deadline=deadline,
+                mode=self.opts.blocking_mode,
+                warn=lambda text: self.warn(text, BlockingWarning),
+            )
+        finally:
+            if deadline is not None and deadline is not self.deadline:
+                deadline.cancel()
+
+    def check_leaks(self) -> None:
+        """M, with the loop stopped, after the test's own teardown: warn of what it left."""
+        __tracebackhide__ = True
+        report = None if self.leaks is None else self.leaks.report(self.name)
+        if report is not None:
+            self.warn(report, PendingTaskWarning)
+
+    def close(self) -> None:
+        """M: end the test's timeout; close the loop if it was the test's own."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+        if self.loop.scope == "test":
+            self.loop.close()

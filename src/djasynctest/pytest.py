@@ -17,11 +17,13 @@ How an item runs (M = pytest's thread, which runs the event loops; D = the DB th
    back to M (``adopt``) as if they had run there. Fixtures of pytest,
    pytest-asyncio, pytest-django's plugin module and this module stay on M.
 4. Async fixtures and tests that pytest-asyncio does not claim (it is absent,
-   or in strict mode and they are not its) run on our loops, one per fixture
-   scope (the ``_djasynctest_<scope>_loop`` fixtures); the test on the
-   function's. Each run is watched by the blocking detector; the function loop
-   carries the test's timeout, and reports its leaks when it closes, after the
-   teardown of every other function fixture.
+   or in strict mode and they are not its) run on our loops (see ``_loop``):
+   a fixture on the loop of its scope (the ``_djasynctest_<scope>_loop``
+   fixtures; the module's and the session's are the ones the test classes
+   share), the test on the loop of its ``loop_scope``. Each run is watched by
+   the blocking detector. ``_djasynctest_function_loop``, the first function
+   fixture, is the test's ``Run``: it carries the test's timeout, and reports
+   its leaks after the teardown of every other function fixture.
 5. Django's connection-bound tools (``django_assert_num_queries``,
    ``django_assert_max_num_queries``, ``django_capture_on_commit_callbacks``)
    return context managers that are made, entered and exited on D.
@@ -35,32 +37,21 @@ import functools
 import inspect
 import unittest
 import warnings
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pytest
 from _pytest.fixtures import resolve_fixture_function
-from django.core.exceptions import SynchronousOnlyOperation
 
 from djasynctest._affinity import pin_together
-from djasynctest._blocking import run_watched
-from djasynctest._blocking import sample as sample_block
-from djasynctest._case import SYNC_ORM_HINT
 from djasynctest._classlevel import _RUNNER_STATE
 from djasynctest._conf import Options, _check, _close_option, options
 from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
 from djasynctest._dbtools import OnDBThread, connect_receivers
-from djasynctest._diagnostics import (
-    BlockingWarning,
-    Deadline,
-    Leaks,
-    PendingTaskWarning,
-    warn_at,
-)
-from djasynctest._loop import close_runner, new_runner, run_on
+from djasynctest._diagnostics import warn_at
+from djasynctest._loop import Loop, Run, close_shared_loops, loop_for
 from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
-from djasynctest._watchdog import LoopWatch
 
 __unittest = True
 
@@ -69,6 +60,8 @@ T = TypeVar("T")
 #: The options a test sets with ``@pytest.mark.djasynctest(...)`` or the ini option
 #: ``djasynctest_<name>``; the others of ``settings.DJASYNCTEST`` are for test classes.
 PYTEST_OPTIONS = (
+    "loop_scope",
+    "loop_factory",
     "timeout",
     "blocking_threshold",
     "blocking_mode",
@@ -90,6 +83,8 @@ _ON_COMMIT = "django_capture_on_commit_callbacks"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     helps = {
+        "loop_scope": "the event loop of async tests: function (default), class, module or session",
+        "loop_factory": "the dotted path of a callable that makes event loops (none: asyncio's)",
         "timeout": "seconds each async test may run (none: no limit, the default)",
         "blocking_threshold": "seconds a callback may hold the event loop (default 0.1; none: off)",
         "blocking_mode": "fail (default) or warn when the event loop is blocked",
@@ -119,9 +114,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(msg)
     config.addinivalue_line(
         "markers",
-        "djasynctest(timeout=None, blocking_threshold=0.1, blocking_mode='fail', "
+        "djasynctest(loop_scope='function', loop_factory=None, timeout=None, "
+        "blocking_threshold=0.1, blocking_mode='fail', "
         "blocking_allowed=(), leak_checks=('tasks', 'threads', 'connections'), "
-        "task_creation_stacks=False, loop_debug=False): djasynctest's diagnostics for "
+        "task_creation_stacks=False, loop_debug=False): djasynctest's loop and diagnostics for "
         "this test's async code.",
     )
     given: dict[str, Any] = {}
@@ -138,7 +134,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def _from_ini(name: str, text: str) -> Any:
     value: Any = text
     words = value.replace(",", " ").split()
-    if value.lower() == "none":
+    if name == "loop_factory" and value.lower() == "none":
+        value = None
+    elif name == "loop_scope":
+        value = _test_scope(value)
+    elif value.lower() == "none":
         value = () if name in ("blocking_allowed", "leak_checks") else None
     elif name in ("timeout", "blocking_threshold"):
         with contextlib.suppress(ValueError):
@@ -169,12 +169,19 @@ def _options(node: pytest.Item | pytest.Collector) -> Options:
                     f"{hint}the options are {', '.join(PYTEST_OPTIONS)}.",
                     pytrace=False,
                 )
+            if name == "loop_scope":
+                value = _test_scope(value)
             try:
                 given[name] = _check(name, value, f"{name} in @pytest.mark.djasynctest")
             except TypeError as exc:
                 pytest.fail(f"{node.nodeid}: {exc}", pytrace=False)
     # options() reads a test class's attributes; these stand in for them.
     return options(type("PytestOptions", (), given))
+
+
+def _test_scope(value: Any) -> Any:
+    """pytest names the scope of one test "function"; a test class's option, "test"."""
+    return "test" if value == "function" else value
 
 
 # --- pytest-asyncio ----------------------------------------------------------------
@@ -211,12 +218,12 @@ class _Test:
         self.uses_db = uses_db  # async-DB: its database goes to D
         self.runs = runs  # "loop": its async test runs on our loop; "db": its sync test on D
         self.db: DBThread | None = None  # while its database is set up
-        self.loop: _Loop | None = None  # its function-scoped loop, once made
+        self.run: Run | None = None  # its runs on its loop, once set up
 
     def wait(self, job: Future[T]) -> T:
         """M: the outcome of a job of this test on D, within the test's timeout."""
         __tracebackhide__ = True
-        deadline = None if self.loop is None else self.loop.deadline
+        deadline = None if self.run is None else self.run.deadline
         return outcome(job) if deadline is None else deadline.result(job)
 
     def on_db(
@@ -302,9 +309,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     if test.runs == "loop":
-        loop: _Loop = pyfuncitem.funcargs[_FUNCTION_LOOP]  # type: ignore[assignment]
+        run: Run = pyfuncitem.funcargs[_FUNCTION_LOOP]  # type: ignore[assignment]
         # What the test sets in its context ends with it.
-        loop.run(pyfuncitem.obj(**args), contextvars.copy_context())
+        run.run(pyfuncitem.obj(**args), contextvars.copy_context())
         return True
     if test.db is None:
         return None
@@ -530,7 +537,18 @@ def _on_loop(
 
     def on_loop(**kwargs: Any) -> Generator[Any]:
         __tracebackhide__ = True
-        loop: _Loop = request.getfixturevalue(f"_djasynctest_{scope}_loop")
+        if scope == "function":
+            loop: Run = request.getfixturevalue(_FUNCTION_LOOP)
+        else:
+            # Each run of a fixture of a longer scope gets a timeout of its own.
+            node = request.node
+            loop = Run(
+                request.getfixturevalue(f"_djasynctest_{scope}_loop"),
+                _options(node),
+                f"{node.nodeid}::{name}" if node.nodeid else name,
+                warn=functools.partial(_warn, node, function=False),
+                test=False,
+            )
         context = contextvars.copy_context()
         gen = func(**kwargs) if inspect.isasyncgenfunction(func) else None
         value = loop.run(func(**kwargs) if gen is None else _afirst(gen, name), context)
@@ -566,115 +584,94 @@ async def _arest(gen: AsyncGenerator[Any], name: str) -> None:
 # --- Loops -------------------------------------------------------------------------
 
 
-class _Loop:
-    """One of the plugin's event loops (M), with the diagnostics of what runs on it.
+def _warn(
+    node: pytest.Item | pytest.Collector,
+    message: str,
+    category: type[Warning],
+    *,
+    function: bool,
+) -> None:
+    """Warn at the test function's line, where users look (else at the caller's)."""
+    __tracebackhide__ = True
+    module = getattr(getattr(node, "module", None), "__name__", "")
+    if not (function and warn_at(getattr(node, "function", None), module, message, category)):
+        warnings.warn(message, category, stacklevel=3)
 
-    A function-scoped one carries the test's timeout (for its async code and its
-    work on D) and reports the test's leaks when it closes.
-    """
 
-    def __init__(self, node: pytest.Item | pytest.Collector, scope: str) -> None:
-        self.node = node
-        self.name = node.nodeid
-        self.opts = opts = _options(node)
-        self.runner = new_runner(debug=opts.loop_debug, loop_factory=None)
-        loop = self.runner.get_loop()
-        self.watch = (
-            None
-            if opts.blocking_threshold is None
-            else LoopWatch(
-                loop,
-                opts.blocking_threshold,
-                functools.partial(sample_block, allowed=opts.blocking_allowed),
-            )
+@pytest.fixture(name=_FUNCTION_LOOP)
+def _djasynctest_function_loop(request: pytest.FixtureRequest) -> Iterator[Run]:
+    """The test's runs on the loop of its ``loop_scope``, watched (M)."""
+    __tracebackhide__ = True
+    node = request.node
+    opts = _options(node)
+    if opts.loop_scope == "class":
+        loop: Loop = request.getfixturevalue("_djasynctest_class_loop")
+    else:
+        loop = loop_for(
+            opts.loop_scope,
+            _module_name(node),
+            debug=opts.loop_debug,
+            loop_factory=opts.loop_factory,
         )
-        self.function = scope == "function"
-        self.deadline: Deadline | None = None
-        if self.function:
-            if opts.timeout is not None:
-                self.deadline = Deadline(loop, opts.timeout, self.name)
-            self.leaks = Leaks(loop, opts.leak_checks, full_stacks=opts.task_creation_stacks)
+    run = Run(loop, opts, node.nodeid, warn=functools.partial(_warn, node, function=True))
+    test = node.stash.get(_TEST, None)
+    if test is not None:
+        test.run = run
+    try:
+        yield run
+        run.check_leaks()
+    finally:
+        if test is not None:
+            test.run = None
+        run.close()
+        if loop.scope == "test":
+            loop.close()
 
-    def run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
-        """M: run ``coro`` to the end in ``context``, watched."""
-        __tracebackhide__ = True
-        db = running_db_thread()
-        if db is not None and db.is_current():
-            # D, in sync code that asked for an async fixture: M, which waits, runs it.
-            return db.ask_caller(functools.partial(self.run, coro, context))
-        deadline = self.deadline
-        if deadline is None and self.opts.timeout is not None:
-            # A fixture of a higher scope: a timeout for each of its runs.
-            deadline = Deadline(self.runner.get_loop(), self.opts.timeout, self.name)
-        try:
-            return run_watched(
-                functools.partial(self._run, coro, context),
-                coro,
-                self.name,
-                watch=self.watch,
-                deadline=deadline,
-                mode=self.opts.blocking_mode,
-                warn=lambda text: self._warn(text, BlockingWarning),
-            )
-        finally:
-            if deadline is not None and deadline is not self.deadline:
-                deadline.cancel()
 
-    def _run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
-        __tracebackhide__ = True
-        try:
-            return run_on(self.runner, coro, context)
-        except SynchronousOnlyOperation as exc:
-            if SYNC_ORM_HINT not in getattr(exc, "__notes__", ()):
-                exc.add_note(SYNC_ORM_HINT)
-            raise
-
-    def _warn(self, message: str, category: type[Warning]) -> None:
-        # At the test function's line, where users look.
-        __tracebackhide__ = True
-        function = getattr(self.node, "function", None)
-        module = getattr(getattr(self.node, "module", None), "__name__", "")
-        if not (self.function and warn_at(function, module, message, category)):
-            warnings.warn(message, category, stacklevel=3)
-
-    def close(self) -> None:
-        """M, after the teardown of the fixtures that used it."""
-        __tracebackhide__ = True
-        try:
-            if self.function:
-                self._check_leaks()
-        finally:
-            if self.deadline is not None:
-                self.deadline.cancel()
-            close_runner(self.runner)
-
-    def _check_leaks(self) -> None:
-        __tracebackhide__ = True
-        report = self.leaks.report(self.name)
-        if report is not None:
-            self._warn(report, PendingTaskWarning)
+def _module_name(node: pytest.Item | pytest.Collector) -> str:
+    module = getattr(node, "module", None)
+    return module.__name__ if module is not None else ""
 
 
 def _loop_fixture(scope: Any) -> Any:
     @pytest.fixture(scope=scope, name=f"_djasynctest_{scope}_loop")
-    def loop(request: pytest.FixtureRequest) -> Iterator[_Loop]:
-        __tracebackhide__ = True
-        made = _Loop(request.node, scope)
-        test = request.node.stash.get(_TEST, None) if scope == "function" else None
-        if test is not None:
-            test.loop = made
+    def loop(request: pytest.FixtureRequest) -> Iterator[Loop]:
+        """M: the loop of the fixtures of this scope; a module's and the session's are
+        shared with the test classes, and closed after the module's (the session's)
+        last test (see pytest_runtest_teardown)."""
+        opts = _options(request.node)
+        if scope in ("module", "session"):
+            yield loop_for(
+                scope,
+                _module_name(request.node),
+                debug=opts.loop_debug,
+                loop_factory=opts.loop_factory,
+            )
+            return
+        made = Loop(scope, debug=opts.loop_debug, loop_factory=opts.loop_factory)
         try:
             yield made
         finally:
-            if test is not None:
-                test.loop = None
             made.close()
 
     return loop
 
 
-_djasynctest_function_loop = _loop_fixture("function")
 _djasynctest_class_loop = _loop_fixture("class")
 _djasynctest_module_loop = _loop_fixture("module")
 _djasynctest_package_loop = _loop_fixture("package")
 _djasynctest_session_loop = _loop_fixture("session")
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """After the last test of a module (of the run), the loop it shared is closed, its
+    tests' classes and fixtures torn down: pytest keeps a module's tests together."""
+    __tracebackhide__ = True
+    try:
+        return (yield)
+    finally:
+        if nextitem is None:
+            close_shared_loops()
+        elif getattr(nextitem, "module", None) is not getattr(item, "module", None):
+            close_shared_loops(scope="module", module=_module_name(item))
