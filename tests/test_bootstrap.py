@@ -111,15 +111,18 @@ INTERRUPT_RUNS = {
 
 @pytest.mark.skipif(BACKEND == "sqlite", reason="an in-memory database leaves nothing to check")
 @pytest.mark.parametrize("runner", list(INTERRUPT_RUNS))
+@pytest.mark.parametrize("scope", ["test", "session"])
 def test_ctrl_c_stops_the_run_and_the_test_database_is_dropped_or_kept_clean(
-    tmp_path: Path, runner: str
+    tmp_path: Path, runner: str, scope: str
 ) -> None:
     record = tmp_path / "name.txt"
     os.environ["RECORD_TO"] = str(record)
+    os.environ["LOOP_SCOPE"] = scope
     try:
         process = run(*INTERRUPT_RUNS[runner])
     finally:
         del os.environ["RECORD_TO"]
+        del os.environ["LOOP_SCOPE"]
     output = process.stdout + process.stderr
     # unittest and Django let KeyboardInterrupt end the process; pytest reports it.
     assert process.returncode == (2 if runner == "pytest" else -signal.SIGINT), output
@@ -131,3 +134,6 @@ def test_ctrl_c_stops_the_run_and_the_test_database_is_dropped_or_kept_clean(
         assert _items_in(name) == 0, "the interrupted test's rows must be rolled back"
     else:
         assert not _database_exists(name), output
+    # The loop, whichever its scope, was closed with the run.
+    for noise in ("Task was destroyed", "Event loop is closed", "Exception ignored"):
+        assert noise not in output

@@ -20,6 +20,7 @@ from django.test import override_settings
 
 from djasynctest import AsyncTestCase, PendingTaskWarning
 from djasynctest._loop import close_shared_loops
+from tests.clientlib import install_client
 from tests.testapp.models import Item
 from tests.utils import assert_passed, leftover_rows, problems, run_case, thread
 
@@ -251,70 +252,14 @@ def in_module(case: type[AsyncTestCase], module: str) -> type[AsyncTestCase]:
     return case
 
 
-# A global async client as an installed package ships it (redis.asyncio and the like):
-# made at import, it connects on first use, keeps a reader task on that loop, and is
-# bound to it. Its module lives under a site-packages folder, as installed packages do.
-CLIENT_PACKAGE = """
-import asyncio
-
-
-class Client:
-    def __init__(self):
-        self.connects = 0
-        self.loop = None
-        self.reader = None
-        self._inbox = None
-
-    async def ping(self):
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-            self._inbox = asyncio.Queue()
-            self.reader = asyncio.create_task(self._read())
-            self.connects += 1
-        reply = self.loop.create_future()
-        self._inbox.put_nowait(reply)
-        return await reply
-
-    async def _read(self):
-        async for reply in self._replies():
-            reply.set_result("PONG")
-
-    async def _replies(self):
-        while True:
-            yield await self._inbox.get()
-
-
-CLIENT = Client()
-"""
-
-# A view that uses the global client and the ORM.
-CLIENT_URLS = """
-from django.http import JsonResponse
-from django.urls import path
-
-from fakeclient import CLIENT
-from tests.testapp.models import Item
-
-
-async def ping(request):
-    return JsonResponse({"pong": await CLIENT.ping(), "items": await Item.objects.acount()})
-
-
-urlpatterns = [path("ping/", ping)]
-"""
-
-
 @pytest.fixture
 def client_package(tmp_path: Path) -> Iterator[ModuleType]:
-    installed = tmp_path / "site-packages"
-    installed.mkdir()
-    (installed / "fakeclient.py").write_text(CLIENT_PACKAGE)
-    (tmp_path / "clienturls.py").write_text(CLIENT_URLS)
-    sys.path[:0] = [str(installed), str(tmp_path)]
+    folders = [str(folder) for folder in install_client(tmp_path)]
+    sys.path[:0] = folders
     try:
         yield importlib.import_module("fakeclient")
     finally:
-        sys.path[:] = [path for path in sys.path if path not in (str(installed), str(tmp_path))]
+        sys.path[:] = [path for path in sys.path if path not in folders]
         for name in ("fakeclient", "clienturls"):
             sys.modules.pop(name, None)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.clientlib import assert_one_loop_per_process, install_client
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -702,3 +704,236 @@ def test_an_async_database_test_runs_its_threads_on_one_cpu(project: pytest.Pyte
         """
     )
     run(project).assert_outcomes(passed=2)
+
+
+# --- Loop scopes ---------------------------------------------------------------------
+
+CLIENT_CONFTEST = """
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "site-packages"))
+
+import fakeclient  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+async def session_client():
+    client = fakeclient.Client("session fixture")
+    await client.ping()
+    yield client
+    # Its teardown still runs on the session's loop.
+    assert await client.ping() == "PONG"
+"""
+
+# Two modules that share a global client, a session fixture's client, and a view
+# that uses the global one, from plugin-run tests and from a test class.
+CLIENT_TESTS = """
+import asyncio
+
+import fakeclient
+from djasynctest import AsyncTestCase
+from tests.testapp.models import Item
+
+
+async def test_function(session_client, async_client, db):
+    assert await fakeclient.CLIENT.ping() == "PONG"
+    assert await session_client.ping() == "PONG"
+    await Item.objects.acreate(name="function")
+    response = await async_client.get("/ping/")
+    assert response.json() == {{"pong": "PONG", "items": 1}}
+
+
+class TestClass(AsyncTestCase):
+    {class_scope}
+
+    async def test_method(self):
+        assert await fakeclient.CLIENT.ping() == "PONG"
+        response = await self.async_client.get("/ping/")
+        assert response.json() == {{"pong": "PONG", "items": 0}}
+"""
+
+ONE_LOOP_CHECK = """
+import fakeclient
+
+
+def test_one_loop_for_the_whole_run():
+    assert all(loop is fakeclient.LOOPS[0] for loop in fakeclient.LOOPS)
+    assert not fakeclient.LOOPS[0].is_closed()
+"""
+
+SESSION_SETTINGS = """
+from tests.pytestproject.settings import *  # noqa: F403
+
+ROOT_URLCONF = "clienturls"
+DJASYNCTEST = {"LOOP_SCOPE": "session"}
+"""
+
+
+def _client_project(project: pytest.Pytester, class_scope: str) -> Path:
+    install_client(project.path)
+    tests = CLIENT_TESTS.format(class_scope=class_scope)
+    project.makeconftest(CLIENT_CONFTEST)
+    project.makepyfile(
+        settings_session=SESSION_SETTINGS,
+        test_a=tests,
+        test_b=tests,
+        test_c_check=ONE_LOOP_CHECK,
+    )
+    return project.path / "connections.txt"
+
+
+def _connections(record: Path) -> list[str]:
+    return sorted(record.read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    ("how", "args", "class_scope"),
+    [
+        ("settings", ["--ds", "settings_session"], "pass"),
+        (
+            "ini",
+            ["--ds", "settings_session", "-o", "djasynctest_loop_scope=session"],
+            'loop_scope = "session"',
+        ),
+    ],
+)
+def test_session_scope_one_loop_for_plugin_tests_fixtures_and_classes(
+    project: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    args: list[str],
+    class_scope: str,
+) -> None:
+    if how == "ini":
+        SESSION_SETTINGS_WITHOUT_SCOPE = SESSION_SETTINGS.replace(
+            'DJASYNCTEST = {"LOOP_SCOPE": "session"}', ""
+        )
+        (project.path / "settings_session.py").write_text(SESSION_SETTINGS_WITHOUT_SCOPE)
+    record = _client_project(project, class_scope)
+    monkeypatch.setenv("CLIENT_RECORD", str(record))
+    result = run(project, *args)
+    result.assert_outcomes(passed=5)
+    pid = _connections(record)[0].split()[0]
+    # One connection per client for the whole run, closed with the loop at its end.
+    assert _connections(record) == [
+        f"{pid} global closed",
+        f"{pid} global connected",
+        f"{pid} session fixture closed",
+        f"{pid} session fixture connected",
+    ]
+    output = result.stdout.str() + result.stderr.str()
+    for noise in ("Task was destroyed", "Event loop is closed", "Exception ignored"):
+        assert noise not in output
+
+
+def test_session_scope_one_loop_per_xdist_worker(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = _client_project(project, "pass")
+    (project.path / "test_c_check.py").unlink()  # a worker runs only some of the modules
+    monkeypatch.setenv("CLIENT_RECORD", str(record))
+    result = run(project, "--ds", "settings_session", "-p", "xdist", "-n", "2")
+    result.assert_outcomes(passed=4)
+    assert_one_loop_per_process(record, {"global", "session fixture"})
+
+
+def test_module_scope_from_the_marker_and_closed_after_the_module(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_a="""
+        import asyncio
+
+        import pytest
+        from djasynctest import AsyncTestCase
+
+        pytestmark = pytest.mark.djasynctest(loop_scope="module")
+        LOOPS = []
+
+
+        @pytest.fixture(scope="module")
+        async def module_queue():
+            queue = asyncio.Queue()
+            yield queue
+            assert asyncio.get_running_loop() is LOOPS[0]
+            assert not LOOPS[0].is_closed()
+
+
+        async def test_one(module_queue):
+            LOOPS.append(asyncio.get_running_loop())
+            await module_queue.put(1)
+
+
+        async def test_two(module_queue):
+            LOOPS.append(asyncio.get_running_loop())
+            assert await module_queue.get() == 1  # bound to the module's loop
+            # pytest-django runs the class first.
+            assert len(LOOPS) == 3
+            assert LOOPS[0] is LOOPS[1] is LOOPS[2]
+
+
+        class TestClass(AsyncTestCase):
+            loop_scope = "module"
+
+            async def test_method(self):
+                LOOPS.append(asyncio.get_running_loop())
+        """,
+        test_b="""
+        import asyncio
+
+        import pytest
+
+        from test_a import LOOPS
+
+
+        @pytest.mark.djasynctest(loop_scope="function")
+        async def test_after_the_module():
+            assert LOOPS[0].is_closed()
+            assert asyncio.get_running_loop() is not LOOPS[0]
+        """,
+    )
+    run(project).assert_outcomes(passed=4)
+
+
+def test_loop_factory_for_plugin_run_tests(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        factories="""
+        import asyncio
+
+        MADE = []
+
+
+        def new_loop():
+            loop = asyncio.new_event_loop()
+            MADE.append(loop)
+            return loop
+        """,
+        test_factory="""
+        import asyncio
+
+        import pytest
+
+        from factories import MADE, new_loop
+
+
+        async def test_from_the_ini():
+            assert asyncio.get_running_loop() is MADE[-1]
+
+
+        @pytest.mark.djasynctest(loop_factory=new_loop, loop_scope="module")
+        async def test_from_the_marker():
+            assert asyncio.get_running_loop() is MADE[-1]
+        """,
+    )
+    run(project, "-o", "djasynctest_loop_factory=factories.new_loop").assert_outcomes(passed=2)
+    result = run(project, "-o", "djasynctest_loop_factory=factories.no_such")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: The ini option djasynctest_loop_factory is 'factories.no_such'; it must be "
+            "a callable that makes an event loop, or the dotted path of one."
+        ]
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clientlib import assert_one_loop_per_process, install_client
 from tests.dbconfig import BACKEND
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +26,9 @@ flags_once = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def importable(folder: Path) -> Iterator[None]:
-    """Let the processes that run() starts import packages from ``folder``."""
-    os.environ["PYTHONPATH"] = str(folder)
+def importable(*folders: Path) -> Iterator[None]:
+    """Let the processes that run() starts import packages from ``folders``."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(map(str, folders))
     try:
         yield
     finally:
@@ -294,3 +295,85 @@ def test_debug_sql_prints_the_queries_of_the_failing_async_test(tmp_path: Path) 
     failure = output[output.index("FAIL: test_fails") :]
     assert re.search(r'INSERT INTO "testapp_item".*in the failing test', failure, re.DOTALL), output
     assert re.search(r'SELECT COUNT\(\*\) AS "__count"\s+FROM "testapp_item"', failure), output
+
+
+# Test modules of a project whose classes share one global client (and a view
+# that uses it) with loop_scope = "session".
+SESSION_MODULE = """
+from django.test import override_settings
+
+import fakeclient
+from djasynctest import AsyncTestCase
+from tests.testapp.models import Item
+
+
+@override_settings(ROOT_URLCONF="clienturls")
+class UsesTheClient{n}(AsyncTestCase):
+    loop_scope = "session"
+
+    async def test_client_view_and_orm(self):
+        self.assertEqual(await fakeclient.CLIENT.ping(), "PONG")
+        await Item.objects.acreate(name="{n}")
+        response = await self.async_client.get("/ping/")
+        self.assertEqual(response.json(), {{"pong": "PONG", "items": 1}})
+
+    def test_sync(self):
+        self.assertEqual(Item.objects.count(), 0)
+"""
+
+
+@pytest.mark.parametrize(
+    "runner",
+    ["unittest", "manage.py --parallel 2", "pytest -n 2"],
+)
+def test_session_scope_one_loop_per_process_closed_after_the_last_test(
+    tmp_path: Path, runner: str
+) -> None:
+    """A global client connects once per process (per worker), and its loop closes
+    cleanly after the last test, under every runner."""
+    package = tmp_path / "sessionclient"
+    package.mkdir()
+    (package / "__init__.py").write_text("import djasynctest  # noqa: F401\n")
+    for n in range(4):
+        (package / f"test_module_{n}.py").write_text(SESSION_MODULE.format(n=n))
+    record = tmp_path / "connections.txt"
+    os.environ["CLIENT_RECORD"] = str(record)
+    try:
+        with importable(*install_client(tmp_path)):
+            if runner == "unittest":
+                process = run("-m", "unittest", "discover", "-s", str(package), "-t", str(tmp_path))
+            elif runner.startswith("manage.py"):
+                process = run(
+                    str(PROJECT / "manage.py"),
+                    "test",
+                    "--noinput",
+                    "--parallel",
+                    "2",
+                    "sessionclient",
+                )
+            else:
+                process = run(
+                    "-m",
+                    "pytest",
+                    str(package),
+                    "-p",
+                    "no:cacheprovider",
+                    "-p",
+                    "no:asyncio",
+                    "-q",
+                    "-p",
+                    "xdist",
+                    "-n",
+                    "2",
+                )
+    finally:
+        del os.environ["CLIENT_RECORD"]
+    output = process.stdout + process.stderr
+    if runner.startswith("pytest"):
+        assert process.returncode == 0, output
+        assert re.search(r"^8 passed in ", output, re.MULTILINE), output
+    else:
+        assert_unittest_ok(process, 8)
+    for noise in ("Task was destroyed", "Event loop is closed", "Exception ignored"):
+        assert noise not in output
+    assert_one_loop_per_process(record, {"global"})

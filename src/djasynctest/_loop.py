@@ -31,6 +31,8 @@ import asyncio
 import atexit
 import contextvars
 import functools
+import multiprocessing
+import multiprocessing.util
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -190,6 +192,10 @@ def shared_loop(scope: LoopScope, module: str, *, debug: bool, loop_factory: Loo
     if _at_exit_in != os.getpid():
         _at_exit_in = os.getpid()
         atexit.register(close_shared_loops)
+        if multiprocessing.parent_process() is not None:
+            # A worker of multiprocessing (manage.py test --parallel) ends with
+            # os._exit(): before Python 3.13, with no atexit, only its finalizers.
+            multiprocessing.util.Finalize(None, close_shared_loops, exitpriority=100)
     loop = _shared[key] = Loop(scope, debug=debug, loop_factory=loop_factory)
     return loop
 

@@ -12,6 +12,8 @@ from tests.testapp.models import Item
 
 
 class Interrupted(AsyncTestCase):
+    loop_scope = os.environ.get("LOOP_SCOPE", "test")
+
     @classmethod
     def setUpTestData(cls):
         Item.objects.create(name="class data")
