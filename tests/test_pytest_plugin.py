@@ -372,6 +372,93 @@ def test_with_pytest_asyncio(project: pytest.Pytester, mode: str) -> None:
     run(project).assert_outcomes(passed=6)
 
 
+PYTEST_ASYNCIO_DIAGNOSED = """
+import asyncio
+import time
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+
+from tests.asgi import application
+from tests.testapp.models import Item
+
+
+@pytest.mark.asyncio
+async def test_blocks():
+    time.sleep(0.3)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.djasynctest(timeout=0.5)
+async def test_hangs():
+    await asyncio.Event().wait()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_leaves_a_task_on_the_module_loop():
+    asyncio.get_running_loop().create_task(asyncio.sleep(10), name="module-left")
+
+
+@pytest.mark.asyncio
+async def test_leaves_a_task_on_its_own_loop():
+    asyncio.get_running_loop().create_task(asyncio.sleep(10), name="function-left")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db
+async def test_a_communicator_reaches_the_tests_transaction(async_client):
+    # The communicator runs the consumer in a task with an empty context.
+    await Item.objects.acreate(name="pen")
+    await async_client.aforce_login(await User.objects.acreate(username="ann"))
+    cookie = f"sessionid={async_client.cookies['sessionid'].value}".encode()
+    communicator = WebsocketCommunicator(application, "/ws/items/", headers=[(b"cookie", cookie)])
+    connected, _ = await communicator.connect()
+    assert connected
+    assert await communicator.receive_json_from() == {"user": "ann", "items": 1}
+    await communicator.send_json_to({"create": "ink"})
+    assert await communicator.receive_json_from() == {"created": "ink", "items": 2}
+    await communicator.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db
+async def test_the_rows_are_gone():
+    assert await Item.objects.acount() == 0
+"""
+
+
+def test_what_pytest_asyncio_runs_gets_the_diagnostics_and_the_db_thread(
+    project: pytest.Pytester,
+) -> None:
+    project.makeini(
+        """
+        [pytest]
+        addopts = -p djasynctest.pytest -p no:cacheprovider -p no:randomly
+        asyncio_mode = strict
+        asyncio_default_fixture_loop_scope = function
+        filterwarnings = error
+        """
+    )
+    project.makepyfile(test_pytest_asyncio=PYTEST_ASYNCIO_DIAGNOSED)
+    result = run(project)
+    result.assert_outcomes(passed=4, failed=2, errors=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*LoopBlocked: The event loop was blocked for about 0.* s (blocking_threshold is "
+            "0.1 s) in test_pytest_asyncio.py::test_blocks.*",
+            "*TestTimeout: test_pytest_asyncio.py::test_hangs did not finish within its "
+            "timeout of 0.5 s. When it expired, it was waiting in:",
+            "*PendingTaskWarning: test_pytest_asyncio.py::test_leaves_a_task_on_the_module_loop "
+            "left behind:",
+            "*task module-left (<coroutine object sleep at *>) is still pending",
+            "*PendingTaskWarning: test_pytest_asyncio.py::test_leaves_a_task_on_its_own_loop "
+            "left behind:",
+            "*task function-left (<coroutine object sleep at *>) is still pending",
+        ]
+    )
+
+
 def test_pytest_xdist(project: pytest.Pytester) -> None:
     project.makepyfile(test_orders=ISSUE_EXAMPLE, test_fixtures=FIXTURES)
     result = run(project, "-p", "xdist", "-n", "2")

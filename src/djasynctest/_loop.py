@@ -98,16 +98,29 @@ def other_loop_hint(scope: str) -> str:
 class Loop:
     """An event loop of a scope, routed to the DB thread (M, the thread that runs it).
 
-    ``scope``: one of the ``loop_scope`` values, or, for a pytest fixture, ``"package"``.
+    ``scope``: one of the ``loop_scope`` values; for a pytest fixture, ``"package"``;
+    for a ``runner`` made by another (pytest-asyncio), its pytest scope.
     """
 
-    def __init__(self, scope: str, *, debug: bool, loop_factory: LoopFactory) -> None:
+    def __init__(
+        self,
+        scope: str,
+        *,
+        debug: bool = False,
+        loop_factory: LoopFactory = None,
+        runner: asyncio.Runner | None = None,
+    ) -> None:
         self.scope = scope
-        self.runner = asyncio.Runner(debug=debug, loop_factory=loop_factory)
+        self.adopted = runner is not None  # another's runner: its owner chose the scope
+        self.runner = runner or asyncio.Runner(debug=debug, loop_factory=loop_factory)
+        # What runs a coroutine: the runner's own run(), even where it is replaced
+        # on the instance (pytest-asyncio's runners, see the pytest plugin).
+        self._run = self.runner.run
         self.loop = self.runner.get_loop()
         self.pid = os.getpid()
         self.closed = False
-        self.route()
+        if not self.adopted:
+            self.route()
 
     def route(self) -> None:
         route_loop(self.loop, db_thread())
@@ -117,7 +130,7 @@ class Loop:
         __tracebackhide__ = True
         context.run(claim_locals)
         try:
-            return self.runner.run(coro, context=context)
+            return self._run(coro, context=context)
         except SynchronousOnlyOperation as exc:
             _add_note(
                 exc,
@@ -127,7 +140,7 @@ class Loop:
             )
             raise
         except RuntimeError as exc:
-            if self.scope != "session" and _bound_elsewhere(exc):
+            if not self.adopted and self.scope in _LIFETIMES and _bound_elsewhere(exc):
                 _add_note(exc, other_loop_hint(self.scope))
             raise
 
@@ -265,7 +278,7 @@ class Run:
                 loop.loop,
                 opts.leak_checks,
                 full_stacks=opts.task_creation_stacks,
-                loop_outlives_test=loop.scope != "test",
+                loop_outlives_test=loop.scope not in ("test", "function"),
             )
             if test and opts.leak_checks
             else None
@@ -292,15 +305,15 @@ class Run:
                 deadline.cancel()
 
     def check_leaks(self) -> None:
-        """M, with the loop stopped, after the test's own teardown: warn of what it left."""
+        """M, with the loop stopped, after the test's own teardown: warn of what it left
+        (once)."""
         __tracebackhide__ = True
-        report = None if self.leaks is None else self.leaks.report(self.name)
+        leaks, self.leaks = self.leaks, None
+        report = None if leaks is None else leaks.report(self.name)
         if report is not None:
             self.warn(report, PendingTaskWarning)
 
     def close(self) -> None:
-        """M: end the test's timeout; close the loop if it was the test's own."""
+        """M: end the test's timeout (the loop is its owner's to close)."""
         if self.deadline is not None:
             self.deadline.cancel()
-        if self.loop.scope == "test":
-            self.loop.close()

@@ -31,13 +31,14 @@ How an item runs (M = pytest's thread, which runs the event loops; D = the DB th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import functools
 import inspect
 import unittest
 import warnings
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -51,7 +52,14 @@ from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_threa
 from djasynctest._dbtools import OnDBThread, connect_receivers
 from djasynctest._diagnostics import warn_at
 from djasynctest._loop import Loop, Run, close_shared_loops, loop_for
-from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
+from djasynctest._routing import (
+    adopt,
+    enter_routing,
+    exit_routing,
+    route_loop,
+    run_in,
+    unroute_loop,
+)
 
 __unittest = True
 
@@ -253,6 +261,7 @@ _TEST = pytest.StashKey[_Test]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _now.phase = "setup"
     if not isinstance(item, pytest.Function) or _is_unittest(item):
         return
     config = item.config
@@ -328,12 +337,21 @@ def pytest_fixture_setup(
 ) -> Generator[None, Any, Any]:
     # Outermost, so that it sees the fixture's own function; pytest-asyncio's
     # wrapper, inside, leaves alone the functions put in its place here.
+    __tracebackhide__ = True
     replacement = _replacement(fixturedef, request)
-    if replacement is None:
-        return (yield)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fixturedef, "func", replacement)
-        return (yield)
+    outer_scope, _now.fixture_scope = _now.fixture_scope, fixturedef.scope
+    try:
+        if replacement is None:
+            value = yield
+        else:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(fixturedef, "func", replacement)
+                value = yield
+    finally:
+        _now.fixture_scope = outer_scope
+    if _is_pytest_asyncio_runner(fixturedef):
+        _watch_pytest_asyncio_runner(value, fixturedef, request)
+    return value
 
 
 def _replacement(
@@ -581,6 +599,121 @@ async def _arest(gen: AsyncGenerator[Any], name: str) -> None:
     pytest.fail(f"fixture {name} has more than one yield", pytrace=False)
 
 
+# --- pytest-asyncio's loops ----------------------------------------------------------
+#
+# pytest-asyncio runs the tests and fixtures it claims on asyncio.Runners of its
+# own (its _<scope>_scoped_runner fixtures), calling their run(). Each runner's
+# run() is replaced, on the instance, by one that runs the coroutine as a Run of
+# ours (see _loop): watched by the blocking detector and the test's timeout, its
+# tasks counted for the leak report, and, for an async-DB test, its loop routed
+# to the DB thread (route 3), so that tasks started with an empty context
+# (channels' WebsocketCommunicator) reach the test's transaction too.
+
+
+class _Now:
+    """What pytest is doing on M: the test item, its phase, the fixture being set up."""
+
+    item: pytest.Item | None = None
+    phase: str | None = None
+    fixture_scope: str | None = None
+
+
+_now = _Now()
+_RUNS = pytest.StashKey[dict[int, Run]]()  # id(loop) -> the item's Run on that loop
+
+
+def _is_pytest_asyncio_runner(fixturedef: pytest.FixtureDef[Any]) -> bool:
+    name = fixturedef.argname
+    return (
+        name.startswith("_")
+        and name.endswith("_scoped_runner")
+        and getattr(fixturedef.func, "__module__", "") == "pytest_asyncio.plugin"
+    )
+
+
+def _watch_pytest_asyncio_runner(
+    runner: Any, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    """M: run what pytest-asyncio runs on ``runner`` (a fixture's value) as ours run."""
+    if not isinstance(runner, asyncio.Runner) or getattr(runner, "_djat_watched", False):
+        return
+    loop = Loop(fixturedef.scope, runner=runner)
+
+    def run(coro: Coroutine[Any, Any, T], *, context: contextvars.Context | None = None) -> T:
+        __tracebackhide__ = True
+        return _run_for_pytest_asyncio(loop, coro, context or contextvars.copy_context())
+
+    runner.run = run  # type: ignore[method-assign]
+    runner._djat_watched = True  # type: ignore[attr-defined]
+    if fixturedef.scope == "function":
+        # Before the runner closes its loop, cancelling what is left on it.
+        item = request.node
+        fixturedef.addfinalizer(functools.partial(_check_pytest_asyncio_leaks, item, loop))
+
+
+def _run_for_pytest_asyncio(
+    loop: Loop, coro: Coroutine[Any, Any, T], context: contextvars.Context
+) -> T:
+    """M: ``coro`` on a loop of pytest-asyncio's, for the current test item."""
+    __tracebackhide__ = True
+    item = _now.item
+    if item is None:
+        return loop.run(coro, context)
+    # The test's own code: its body, and its function-scoped fixtures. A fixture of
+    # a longer scope, set up or torn down here, gets the watch and a timeout only.
+    owned = _now.phase == "call" or (_now.phase == "setup" and _now.fixture_scope == "function")
+    runs = item.stash.setdefault(_RUNS, {})
+    watched = runs.get(id(loop.loop)) if owned else None
+    if watched is None:
+        watched = Run(
+            loop,
+            _options(item),
+            item.nodeid,
+            warn=functools.partial(_warn, item, function=owned),
+            test=owned,
+        )
+        if owned:
+            runs[id(loop.loop)] = watched
+    test = item.stash.get(_TEST, None)
+    db = None if test is None else test.db
+    if db is not None:
+        route_loop(loop.loop, db)
+    try:
+        return watched.run(coro, context)
+    finally:
+        if db is not None:
+            unroute_loop(loop.loop)
+
+
+def _check_pytest_asyncio_leaks(item: pytest.Item, loop: Loop) -> None:
+    __tracebackhide__ = True
+    watched = item.stash.get(_RUNS, {}).get(id(loop.loop))
+    if watched is not None:
+        watched.check_leaks()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, Any, Any]:
+    __tracebackhide__ = True
+    _now.item = item
+    try:
+        return (yield)
+    finally:
+        _now.item = _now.phase = None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    __tracebackhide__ = True
+    _now.phase = "call"
+    try:
+        return (yield)
+    finally:
+        _now.phase = None
+
+
 # --- Loops -------------------------------------------------------------------------
 
 
@@ -668,10 +801,22 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """After the last test of a module (of the run), the loop it shared is closed, its
     tests' classes and fixtures torn down: pytest keeps a module's tests together."""
     __tracebackhide__ = True
+    _now.phase = "teardown"
     try:
         return (yield)
     finally:
-        if nextitem is None:
-            close_shared_loops()
-        elif getattr(nextitem, "module", None) is not getattr(item, "module", None):
-            close_shared_loops(scope="module", module=_module_name(item))
+        try:
+            # What pytest-asyncio ran for the test on loops that outlive it.
+            runs = item.stash.get(_RUNS, {})
+            try:
+                for watched in runs.values():
+                    watched.check_leaks()
+            finally:
+                for watched in runs.values():
+                    watched.close()
+                runs.clear()
+        finally:
+            if nextitem is None:
+                close_shared_loops()
+            elif getattr(nextitem, "module", None) is not getattr(item, "module", None):
+                close_shared_loops(scope="module", module=_module_name(item))
