@@ -41,6 +41,7 @@ def test_public_names() -> None:
         "LoopBlocked",
         "PendingTaskWarning",
         "TestTimeout",
+        "at_loop_close",
     )
     for name in djasynctest.__all__:
         assert getattr(djasynctest, name).__module__.startswith("djasynctest")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from djasynctest import AsyncTestCase, PendingTaskWarning
+from djasynctest import AsyncTestCase, PendingTaskWarning, at_loop_close
 from djasynctest._loop import close_shared_loops
 from tests.clientlib import install_client
 from tests.testapp.models import Item
@@ -478,4 +478,48 @@ def test_bad_loop_factory_names_the_fix() -> None:
     assert str(info.value) == (
         "test_bad_loop_factory_names_the_fix.<locals>.NotCallable.loop_factory is 'uvloop'; "
         "it must be a callable that makes an event loop, or the dotted path of one."
+    )
+
+
+@pytest.mark.parametrize("scope", ["test", "class", "session"])
+def test_at_loop_close_runs_on_the_loop_just_before_it_closes(scope: str) -> None:
+    events: list[object] = []
+
+    class Closing(AsyncTestCase):
+        loop_scope = scope  # type: ignore[assignment]
+
+        async def test_1(self) -> None:
+            loop = asyncio.get_running_loop()
+
+            async def close_client() -> None:
+                events.append(("async", asyncio.get_running_loop() is loop, loop.is_closed()))
+
+            def close_sync() -> None:
+                events.append("sync")
+
+            at_loop_close(close_client)
+            at_loop_close(close_sync)
+            at_loop_close(close_client)  # once, however often given
+
+        async def test_2(self) -> None:
+            events.append("test_2")
+
+    assert_passed(run_case(Closing), 2)
+    closed = ["sync", ("async", True, False)]
+    if scope == "test":
+        assert events == [*closed, "test_2"]
+    elif scope == "class":
+        assert events == ["test_2", *closed]
+    else:
+        assert events == ["test_2"]
+        close_shared_loops()
+        assert events == ["test_2", *closed]
+
+
+def test_at_loop_close_outside_a_test_loop_names_the_fix() -> None:
+    with pytest.raises(RuntimeError) as info:
+        at_loop_close(lambda: None)
+    assert str(info.value) == (
+        "at_loop_close() registers a callback for the event loop of a djasynctest test: "
+        "call it from an async test, hook or fixture that djasynctest runs."
     )

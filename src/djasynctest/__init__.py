@@ -22,6 +22,7 @@ from djasynctest._diagnostics import (  # noqa: E402
     TestTimeout,
 )
 from djasynctest._live import AsyncLiveServerTestCase  # noqa: E402
+from djasynctest._loop import at_loop_close  # noqa: E402
 
 __version__ = "0.1.0.dev0"
 
@@ -35,4 +36,5 @@ __all__ = (
     "LoopBlocked",
     "PendingTaskWarning",
     "TestTimeout",
+    "at_loop_close",
 )

@@ -31,6 +31,7 @@ import asyncio
 import atexit
 import contextvars
 import functools
+import inspect
 import multiprocessing
 import multiprocessing.util
 import os
@@ -119,8 +120,10 @@ class Loop:
         self.loop = self.runner.get_loop()
         self.pid = os.getpid()
         self.closed = False
+        self.at_close: list[Callable[[], object]] = []
         if not self.adopted:
             self.route()
+            _live[id(self.loop)] = self
 
     def route(self) -> None:
         route_loop(self.loop, db_thread())
@@ -145,15 +148,54 @@ class Loop:
             raise
 
     def close(self) -> None:
-        """M: cancel what still runs on the loop, shut it down, and close it (once)."""
+        """M: run the ``at_loop_close`` callbacks, newest first; then cancel what still runs
+        on the loop, shut it down, and close it (once)."""
         if self.closed:
             return
         self.closed = True
+        _live.pop(id(self.loop), None)
+        if self.pid != os.getpid():
+            return
         try:
-            unroute_loop(self.loop)
+            for callback in reversed(self.at_close):
+                self._run(_awaited(callback), context=contextvars.copy_context())
         finally:
-            if self.pid == os.getpid():
+            try:
+                unroute_loop(self.loop)
+            finally:
                 self.runner.close()
+
+
+async def _awaited(callback: Callable[[], object]) -> None:
+    result = callback()
+    if inspect.isawaitable(result):
+        await result
+
+
+# id(asyncio loop) -> the Loop that made it, while it is open.
+_live: dict[int, Loop] = {}
+
+
+def at_loop_close(callback: Callable[[], object], /) -> None:
+    """Call ``callback`` on the running test loop just before it closes (see the docs).
+
+    For what lives as long as the loop (a global async client's connections):
+    ``at_loop_close(client.aclose)``. ``callback`` is a coroutine function or a
+    plain one; callbacks run newest first, each once however often it was given.
+    """
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    loop = None if running is None else _live.get(id(running))
+    if loop is None:
+        msg = (
+            "at_loop_close() registers a callback for the event loop of a djasynctest test: "
+            "call it from an async test, hook or fixture that djasynctest runs."
+        )
+        raise RuntimeError(msg)
+    if callback not in loop.at_close:
+        loop.at_close.append(callback)
 
 
 def _add_note(exc: BaseException, note: str) -> None:

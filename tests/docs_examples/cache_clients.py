@@ -1,22 +1,26 @@
-import redis.asyncio as redis
+from djasynctest import AsyncTestCase, at_loop_close
+from tests.docs_examples.cache import add_to_cart, client
 
-from djasynctest import AsyncTestCase
 
-
-class CacheTests(AsyncTestCase):
-    loop_scope = "class"
+class CartTests(AsyncTestCase):
+    loop_scope = "session"
 
     @classmethod
     async def asyncSetUpClass(cls):
-        cls.redis = redis.Redis()
-        await cls.redis.ping()
+        # Close the connections when the loop closes, after the last test.
+        at_loop_close(client.aclose)
 
-    @classmethod
-    async def asyncTearDownClass(cls):
-        await cls.redis.aclose()
+    async def asyncTearDown(self):
+        await client.delete("cart:1")
 
-    async def test_set(self):
-        await self.redis.set("key", "value")
+    async def test_add_to_cart(self):
+        self.assertEqual(await add_to_cart(1, "pen"), 1)
+        self.assertEqual(await add_to_cart(1, "pen", 2), 3)
 
-    async def test_get(self):
-        self.assertIsNone(await self.redis.get("missing"))
+
+class CheckoutTests(AsyncTestCase):
+    loop_scope = "session"
+
+    async def test_empty_cart(self):
+        # The same client, on the same loop, in another class (or module).
+        self.assertEqual(await client.hgetall("cart:2"), {})

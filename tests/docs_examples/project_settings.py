@@ -1,2 +1,2 @@
 # settings.py
-DJASYNCTEST = {"LOOP_SCOPE": "class"}
+DJASYNCTEST = {"LOOP_SCOPE": "session"}
