@@ -20,6 +20,7 @@ COLOURS = {
     "IsolatedAsyncioTestCase": "#ff7f0e",
     "AsyncTestCase, loop per test": "#1f77b4",
     "AsyncTestCase, loop per class": "#2ca02c",
+    "AsyncTestCase, one loop for the run": "#9467bd",
 }
 KINDS = {
     "trivial": "trivial test",

@@ -125,6 +125,7 @@ FLAVOURS: dict[str, tuple[type, bool, dict[str, Any]]] = {
     "IsolatedAsyncioTestCase": (unittest.IsolatedAsyncioTestCase, True, {}),
     "AsyncTestCase, loop per test": (AsyncTestCase, True, {}),
     "AsyncTestCase, loop per class": (AsyncTestCase, True, {"loop_scope": "class"}),
+    "AsyncTestCase, one loop for the run": (AsyncTestCase, True, {"loop_scope": "session"}),
     "AsyncTestCase, loop per class, cpu_affinity off": (
         AsyncTestCase,
         True,
@@ -144,6 +145,8 @@ TARGETS = {
 }
 # kind: how much faster than Django's own async def test, at least (loop per test).
 AHEAD_OF_DJANGO = {"trivial": 1.5, "orm": 1.25}
+# A loop for the whole run costs no more per test than one per class (noise allowed).
+SESSION_AT_MOST_CLASS = 1.05
 
 
 def make_class(base: type, attrs: dict[str, Any], count: int) -> type:
@@ -531,6 +534,15 @@ def target_lines(per_test: dict[str, dict[str, float]]) -> list[str]:
         lines.append(
             f"{kind:8} {'ahead of Django async def (loop per test)':36} "
             f"{ahead:5.2f}x faster (>= {least:.2f}x)  {verdict}"
+        )
+    for kind, costs in per_test.items():
+        ratio = (
+            costs["AsyncTestCase, one loop for the run"] / costs["AsyncTestCase, loop per class"]
+        )
+        verdict = "met" if ratio <= SESSION_AT_MOST_CLASS else "MISSED"
+        lines.append(
+            f"{kind:8} {'one loop for the run vs per class':36} "
+            f"{ratio:5.2f}x (<= {SESSION_AT_MOST_CLASS:.2f}x)  {verdict}"
         )
     return lines
 
