@@ -1,15 +1,25 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import hypothesis
 import pytest
+
+from djasynctest._loop import close_shared_loops
 
 pytest.register_assert_rewrite("tests.utils")
 
 # The suite's hypothesis tests keep no example database in the work tree.
 hypothesis.settings.register_profile("djasynctest", database=None)
 hypothesis.settings.load_profile("djasynctest")
+
+
+@pytest.fixture(autouse=True)
+def _shared_loops_closed() -> Iterator[None]:
+    """Each test starts and ends as a run of its own would: no module or session loop."""
+    yield
+    close_shared_loops()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -45,7 +45,7 @@ def _seen(response: Any) -> dict[str, Any]:
     return json.loads(response.content)  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("loop_scope", ["test", "class"])
+@pytest.mark.parametrize("loop_scope", ["test", "class", "session"])
 def test_class_level_context_reaches_every_test_hook_and_request(loop_scope: str) -> None:
     seen: dict[str, dict[str, Any]] = {}
 

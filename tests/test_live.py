@@ -218,7 +218,7 @@ def test_asyncio_tasks_of_requests_are_not_reported_as_leaks() -> None:
         assert_passed(run_case(Quiet), 1)
 
 
-@pytest.mark.parametrize("scope", ["test", "class"])
+@pytest.mark.parametrize("scope", ["test", "class", "module", "session"])
 def test_live_server_case_is_an_async_test_case(scope: str) -> None:
     class Plain(AsyncLiveServerTestCase):
         loop_scope = scope  # type: ignore[assignment]

@@ -238,14 +238,6 @@ def test_uvloop() -> None:
 # --- Loops that outlive a class: "module" and "session" -----------------------------
 
 
-@pytest.fixture(autouse=True)
-def _shared_loops_closed() -> Iterator[None]:
-    """Each test here starts and ends as a run of its own: no module or session loop."""
-    close_shared_loops()
-    yield
-    close_shared_loops()
-
-
 def in_module(case: type[AsyncTestCase], module: str) -> type[AsyncTestCase]:
     """``case`` as if defined in the test module ``module``."""
     case.__module__ = module

@@ -3,7 +3,7 @@
 Django's ``LiveServerTestCase`` serves from another thread, with another
 database connection, so it must flush the database after every test. Here the
 server (uvicorn's HTTP protocol, in-process) runs on the event loop of the test
-(or of the class, with ``loop_scope = "class"``), in its context: each request
+(or of the class, with any other ``loop_scope``), in its context: each request
 it serves is a task of that loop, whose thread-sensitive work (Django's ORM,
 sessions, auth) goes to the DB thread like the test's own, inside the test's
 transaction. Rows the test makes are seen by the requests, rows the requests
@@ -134,12 +134,13 @@ class LiveServer:
 class AsyncLiveServerTestCase(AsyncTestCase):
     """:class:`AsyncTestCase` with a live ASGI server at ``self.live_server_url``.
 
-    The server runs on the test's event loop (one per test) or, with
-    ``loop_scope = "class"``, on the class's (one per class, running before
-    ``asyncSetUpClass``); its requests see the test's rows and are rolled back
-    with them. Use an async client (``httpx.AsyncClient``, a browser driven
-    through an async API): a blocking client would hold the very loop that
-    serves it. Needs uvicorn (``pip install 'djasynctest[live]'``).
+    The server runs on the test's event loop (one per test) or, with any other
+    ``loop_scope``, one per class on the loop the class runs on, from before
+    ``asyncSetUpClass`` to after ``asyncTearDownClass``; its requests see the
+    test's rows and are rolled back with them. Use an async client
+    (``httpx.AsyncClient``, a browser driven through an async API): a blocking
+    client would hold the very loop that serves it. Needs uvicorn
+    (``pip install 'djasynctest[live]'``).
     """
 
     #: The interface the server listens on; its port is a free one.
@@ -152,10 +153,10 @@ class AsyncLiveServerTestCase(AsyncTestCase):
     serve_static: ClassVar[bool] = True
 
     #: ``http://host:port`` of the server, from ``asyncSetUp`` (from ``asyncSetUpClass``
-    #: with ``loop_scope = "class"``) until the test's (the class's) end.
+    #: with any ``loop_scope`` but ``"test"``) until the test's (the class's) end.
     live_server_url: str
 
-    # The running server: on the class with loop_scope = "class", else on the test.
+    # The running server: on the class, unless loop_scope = "test"; else on the test.
     _djat_live_server: LiveServer | None = None
     _djat_application: ClassVar[Any]
 
