@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import warnings
 
 import pytest
 from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 
 from djasynctest import AsyncTestCase
 from djasynctest._diagnostics import PendingTaskWarning
+from tests import cpus
 from tests.testapp.models import Item
 from tests.utils import assert_passed, run_case, thread
 
@@ -98,3 +101,37 @@ def test_sync_hook_calling_async_to_sync_reaches_db_thread_for_orm() -> None:
 
     assert_passed(run_case(SyncHook), 1)
     assert counts == [1, 1]
+
+
+def test_a_process_forked_from_the_db_thread_starts_with_no_routing() -> None:
+    """A server a sync setUpClass forks is no DB thread of ours, and routes nothing to one:
+    its thread-sensitive calls, and async_to_sync inside them, run as without djasynctest."""
+    seen: list[object] = []
+
+    class ForksAServer(AsyncTestCase):
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            context = multiprocessing.get_context("fork")
+            queue = context.Queue()
+            with warnings.catch_warnings():
+                # Python 3.12+: fork() in a process with threads (ours) is deprecated.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                child = context.Process(target=cpus.serve_in_a_child, args=(queue,))
+                child.start()
+            try:
+                seen.append(queue.get(timeout=30))  # it deadlocked, before
+            finally:
+                child.join(10)
+                if child.exitcode is None:
+                    child.kill()
+
+        async def test_it(self) -> None:
+            seen.append(await sync_to_async(thread)())
+
+    assert_passed(run_case(ForksAServer), 1)
+    [(forked_on, is_db_thread, (served_on, sent)), here] = seen
+    assert (forked_on, is_db_thread) == ("djasynctest-db", False)
+    assert served_on != "djasynctest-db"
+    assert sent == "sent"
+    assert here == "db"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import subprocess
+import sys
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -12,6 +16,7 @@ from django.test import override_settings
 from djasynctest import AsyncTestCase
 from djasynctest._affinity import pin_together
 from djasynctest._dbthread import db_thread
+from tests import cpus
 from tests.testapp.models import Item
 from tests.utils import assert_passed, run_case
 
@@ -91,3 +96,76 @@ def test_parallel_workers_take_different_cpus(
     worker.start()
     worker.join()
     assert pinned == [{CPUS[slot % len(CPUS)]}, set(CPUS)]
+
+
+def _process_cpus(method: str) -> int:
+    """The CPUs of a multiprocessing child started with ``method``, from this thread."""
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    with warnings.catch_warnings():
+        # Python 3.12+: fork() in a process with threads (ours) is deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        process = context.Process(target=cpus.report, args=(queue,))
+        process.start()
+    try:
+        count: int = queue.get(timeout=60)
+    finally:
+        process.join(10)
+    return count
+
+
+def _program_cpus() -> int:
+    out = subprocess.run([sys.executable, "-c", cpus.REPORT], capture_output=True, check=True)
+    return int(out.stdout)
+
+
+def _thread_cpus() -> int:
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(len(os.sched_getaffinity(0))))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@needs_affinity
+def test_threads_and_processes_a_test_starts_get_the_processs_cpus() -> None:
+    """A server forked in setUpClass, a browser a test starts, a thread it starts: none
+    is confined to the CPU the test's threads are pinned to.
+
+    Also the canary of the wrapped ``multiprocessing.util.spawnv_passfds`` (see
+    ``_affinity``): if a Python version starts spawn or forkserver children otherwise,
+    "spawned" or "forkserver" fails here; find the new call and wrap that.
+    """
+    seen: dict[str, int] = {}
+
+    class Starts(AsyncTestCase):
+        blocking_threshold = None  # the children take a while to start
+
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            seen["setUpClass (DB thread)"] = len(os.sched_getaffinity(0))
+            seen["forked from setUpClass"] = _process_cpus("fork")
+
+        async def test_1_async(self) -> None:
+            seen["test thread"] = len(os.sched_getaffinity(0))
+            seen["thread"] = _thread_cpus()
+            seen["test thread after a thread"] = len(os.sched_getaffinity(0))
+            seen["program"] = _program_cpus()
+
+        def test_2_sync(self) -> None:
+            seen["spawned"] = _process_cpus("spawn")
+            seen["forkserver"] = _process_cpus("forkserver")
+
+    assert_passed(run_case(Starts), 2)
+    everything = len(CPUS)
+    assert seen == {
+        "setUpClass (DB thread)": 1,
+        "forked from setUpClass": everything,
+        "test thread": 1,
+        "thread": everything,
+        "test thread after a thread": 1,  # still pinned: only the new thread is not
+        "program": everything,
+        "spawned": everything,
+        "forkserver": everything,
+    }

@@ -12,16 +12,32 @@ Parallel workers each take a different CPU: Django's ``--parallel`` workers
 and pytest-xdist's by their worker number; a process of its own takes the CPU
 its test thread is on. Where affinity cannot be set (not Linux, a mask of one
 CPU, a sandbox that refuses it), nothing changes.
+
+A thread or a process inherits the mask of the thread that starts it: what a
+test starts (a server thread, a browser, a forked server process) must not be
+confined to the test's CPU. So, while threads are pinned:
+
+* a thread started from a pinned thread unpins itself before it runs (its
+  ``run``, wrapped from the audit event of its start);
+* the child of ``os.fork`` (``multiprocessing``'s fork) unpins itself
+  (``os.register_at_fork``);
+* a thread that starts a program (``subprocess``, ``os.posix_spawn``,
+  ``os.system``, ``os.exec*``, and ``multiprocessing``'s spawn and forkserver,
+  through ``multiprocessing.util.spawnv_passfds``) gets its own mask back
+  first, for the rest of the class.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import multiprocessing.util
 import os
 import re
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 __unittest = True
 
@@ -63,6 +79,7 @@ def pin_together(db_thread_id: int | None) -> Restore | None:
     if len(cpus) < 2:
         return None  # one CPU (or none in common): nothing to gain
     cpu = cpus[_slot(cpus)]
+    _watch_starts()
     pinned: list[int] = []
     for tid in masks:
         try:
@@ -70,6 +87,7 @@ def pin_together(db_thread_id: int | None) -> Restore | None:
         except OSError:
             break
         pinned.append(tid)
+        _pinned[tid] = masks[tid]
     else:
         return lambda: _restore(masks)
     _restore({tid: masks[tid] for tid in pinned})
@@ -78,8 +96,70 @@ def pin_together(db_thread_id: int | None) -> Restore | None:
 
 def _restore(masks: dict[int, set[int]]) -> None:
     for tid, mask in masks.items():
+        _pinned.pop(tid, None)
         with contextlib.suppress(OSError):  # a thread that ended has no mask to restore
             _setaffinity(tid, mask)  # type: ignore[misc]
+
+
+# The threads pin_together pinned (native ids), with the masks they had before.
+_pinned: dict[int, set[int]] = {}
+_THREAD_STARTS = frozenset({"_thread.start_new_thread", "_thread.start_joinable_thread"})
+# Audit events of a program started from this process (os.fork: see _after_fork).
+_PROGRAM_STARTS = frozenset(
+    {"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.system", "os.exec", "pty.spawn"}
+)
+_watching = False
+
+
+def _watch_starts() -> None:
+    """Once per process, before the first pin: see the threads and processes started."""
+    global _watching
+    if _watching:
+        return
+    _watching = True
+    sys.addaudithook(_on_audit)
+    os.register_at_fork(after_in_child=_after_fork)
+    spawn = multiprocessing.util.spawnv_passfds
+    multiprocessing.util.spawnv_passfds = functools.wraps(spawn)(
+        functools.partial(_unpinned_first, spawn)
+    )
+
+
+def _on_audit(event: str, args: tuple[Any, ...]) -> None:
+    if not _pinned:
+        return
+    if event in _THREAD_STARTS:
+        thread = getattr(args[0], "__self__", None)  # Thread._bootstrap
+        if isinstance(thread, threading.Thread) and threading.get_native_id() in _pinned:
+            run = thread.run
+            thread.run = functools.partial(_unpinned_run, run)  # type: ignore[method-assign]
+    elif event in _PROGRAM_STARTS:
+        _unpin_this_thread()
+
+
+def _unpinned_run(run: Callable[[], object]) -> None:
+    # The new thread, before its own code.
+    unpinned()
+    run()
+
+
+def _unpin_this_thread() -> None:
+    mask = _pinned.pop(threading.get_native_id(), None)
+    if mask is not None:
+        with contextlib.suppress(OSError):
+            _setaffinity(0, mask)  # type: ignore[misc]
+
+
+def _unpinned_first(spawn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    _unpin_this_thread()
+    return spawn(*args, **kwargs)
+
+
+def _after_fork() -> None:
+    # The child of a fork: its one thread is the one that forked, perhaps pinned.
+    if _pinned:
+        _pinned.clear()
+        unpinned()
 
 
 def _slot(cpus: list[int]) -> int:

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from typing_extensions import ParamSpec
 
 from djasynctest._affinity import unpinned
-from djasynctest._routing import forget_event_loop
+from djasynctest._routing import asgirefs_own_executor, forget_event_loop
 from djasynctest._watchdog import now
 
 __unittest = True
@@ -183,9 +183,22 @@ class DBThread(Executor):
     def _queue(self, future: Any, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         with self._lock:
             if self._closed:
+                if self.pid != os.getpid():
+                    # A forked child that inherited contexts routed here: run the
+                    # work as asgiref would without us, on its own thread.
+                    return asgirefs_own_executor().submit(fn, *args, **kwargs)
                 raise self._stopped_error()
             self._jobs.put((future, fn, args, kwargs))
         return future
+
+    def _forked_away(self) -> None:
+        """In the child of a fork: this thread is the parent's; take no work, and let the
+        child's thread that forked (if it was this one) be a thread like any other."""
+        self._lock = threading.Lock()
+        self._closed = True
+        self.busy = False
+        self._host = None
+        self.thread = _PARENTS_THREAD
 
     def _stopped_error(self) -> RuntimeError:
         if self.abandoned_by is not None:
@@ -360,6 +373,22 @@ def _tail(exc: BaseException) -> Any:
 
 _lock = threading.Lock()
 _current: DBThread | None = None
+# Stands for the DB thread of the parent process in a forked child (never started).
+_PARENTS_THREAD = threading.Thread(name="djasynctest-db (of the parent process)")
+
+
+def _after_fork_in_child() -> None:
+    # A server process that a sync setUpClass forks starts on the DB thread's
+    # thread, in its context: it must not think it is the DB thread, nor send its
+    # thread-sensitive work to a thread that does not exist in it. db_thread()
+    # starts a new one for the child on first use (it checks the pid).
+    global _lock
+    _lock = threading.Lock()
+    if _current is not None:
+        _current._forked_away()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def db_thread(*, replace_stopped: bool = False) -> DBThread:

@@ -106,6 +106,11 @@ def forget_event_loop() -> None:
     SyncToAsync.threadlocal.main_event_loop = None
 
 
+def asgirefs_own_executor() -> Executor:
+    """The executor asgiref sends a thread-sensitive call to when nothing routes it."""
+    return SyncToAsync.single_thread_executor
+
+
 def process_wide_threads() -> set[threading.Thread]:
     """asgiref's own long-lived thread(s): started on first use, kept for the process."""
     return set(getattr(SyncToAsync.single_thread_executor, "_threads", ()))
