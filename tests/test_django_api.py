@@ -5,12 +5,14 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.core import mail
+from django.core.checks import run_checks
 from django.db import connection, connections, transaction
 from django.db.models.signals import post_save
 from django.test import modify_settings, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from djasynctest import AsyncTestCase, AsyncTransactionTestCase
+from djasynctest import AsyncSimpleTestCase, AsyncTestCase, AsyncTransactionTestCase
+from djasynctest._dbthread import db_thread
 from tests.testapp.models import Item, Order, Tag
 from tests.utils import assert_passed, leftover_rows, problems, run_case
 
@@ -397,3 +399,32 @@ def test_transaction_atomic_in_async_test_through_sync_to_async() -> None:
             self.assertEqual(await Item.objects.acount(), 0)
 
     assert_passed(run_case(Atomic), 1)
+
+
+# --- SimpleTestCase: no queries --------------------------------------------------------
+
+
+def test_simple_test_case_reads_what_the_runner_learnt_of_the_database() -> None:
+    """A SimpleTestCase may not query, and may still read what a connection learns with a
+    query once and caches (run_checks() reads connection.features.supports_json_field): the
+    DB thread's connection objects know what the runner's checks taught the test thread's."""
+    db_thread().stop(timeout=5)  # the next class starts one whose connections know nothing
+    facts = {
+        "supports_transactions": connection.features.supports_transactions,
+        "json": connection.features.supports_json_field,
+    }
+    seen: dict[str, object] = {}
+
+    class Checks(AsyncSimpleTestCase):
+        def test_sync(self) -> None:
+            seen["checks"] = run_checks()
+            seen["sync"] = {
+                "supports_transactions": connection.features.supports_transactions,
+                "json": connection.features.supports_json_field,
+            }
+
+        async def test_async(self) -> None:
+            seen["async"] = await sync_to_async(lambda: connection.features.supports_json_field)()
+
+    assert_passed(run_case(Checks), 2)
+    assert seen == {"checks": [], "sync": facts, "async": facts["json"]}

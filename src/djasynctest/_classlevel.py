@@ -34,7 +34,12 @@ from djasynctest._affinity import pin_together
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread
-from djasynctest._dbtools import connect_receivers, loop_running
+from djasynctest._dbtools import (
+    connect_receivers,
+    connection_state,
+    give_connection_state,
+    loop_running,
+)
 from djasynctest._diagnostics import Deadline, stop_db_thread_on_interrupt
 from djasynctest._loop import Loop, loop_for
 from djasynctest._routing import enter_routing, exit_routing, run_in
@@ -164,7 +169,7 @@ def _set_up_class(
     connect_receivers()
     if opts.cpu_affinity:
         klass._djat_unpin = pin_together(db.thread.native_id)
-    set_up = _rolled_back_on_failure(_with_runner_state(func, klass), klass)
+    set_up = _rolled_back_on_failure(_with_runner_state(func), klass)
     context = klass._djat_context = contextvars.copy_context()
     # M runs an event loop while D sets the class up, so that an async
     # setUpTestData, called by Django through async_to_sync on D, runs here on
@@ -470,29 +475,14 @@ async def _on_db_thread_from_loop(
         exit_routing(routing)
 
 
-# What runners set on the connection objects of their own thread (M), which
-# Django reads from those of the thread that runs the test (D):
-# setup_databases(debug_sql=True) (manage.py test --debug-sql) and
-# _test_serialized_contents, the snapshot serialized_rollback restores (set by
-# setup_databases and by parallel workers).
-_RUNNER_STATE = ("force_debug_cursor", "_test_serialized_contents")
-
-
-def _with_runner_state(func: Callable[..., T], klass: type[Any]) -> Callable[..., T]:
-    """Give the DB thread's connections the state the runner set on M's (see _RUNNER_STATE)."""
-    state = {
-        alias: {
-            name: value for name, value in vars(connections[alias]).items() if name in _RUNNER_STATE
-        }
-        # An unknown alias fails in Django's setUpClass, with Django's message.
-        for alias in _aliases(klass) & set(connections)
-    }
+def _with_runner_state(func: Callable[..., T]) -> Callable[..., T]:
+    """Give the DB thread's connections what M's know (see ``connection_state``)."""
+    state = connection_state()
 
     @functools.wraps(func)
     def with_state(*args: Any, **kwargs: Any) -> T:
         # D.
-        for alias, values in state.items():
-            vars(connections[alias]).update(values)
+        give_connection_state(state)
         return func(*args, **kwargs)
 
     return with_state

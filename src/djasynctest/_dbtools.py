@@ -22,12 +22,65 @@ from typing import Any, Generic, TypeVar
 from asgiref.sync import async_to_sync
 from django.test.signals import setting_changed, update_connections_time_zone
 from django.test.utils import modify_settings, override_settings
+from django.utils.functional import cached_property
 
 from djasynctest._dbthread import DBThread, running_db_thread
 
 __unittest = True
 
 T = TypeVar("T")
+
+
+# What runners set on the connection objects of their own thread (M), which
+# Django reads from those of the thread that runs the test (D):
+# setup_databases(debug_sql=True) (manage.py test --debug-sql) and
+# _test_serialized_contents, the snapshot serialized_rollback restores (set by
+# setup_databases and by parallel workers).
+_RUNNER_STATE = ("force_debug_cursor", "_test_serialized_contents")
+# Cached properties of a connection object that are not facts about the database.
+_NOT_FACTS = ("timezone", "timezone_name", "wrap_database_errors")
+
+ConnectionState = dict[str, tuple[dict[str, Any], dict[str, Any]]]
+
+
+def connection_state() -> ConnectionState:
+    """M: what the DB thread's connection objects take from this thread's, by alias.
+
+    The state runners set (``_RUNNER_STATE``), and the facts about the database
+    that a connection object learns with a query the first time they are read
+    and then caches (``features.supports_json_field``, ``pg_version``): the
+    runner's checks learnt them on M's, and a ``SimpleTestCase``, which may not
+    query, may read them on D's (``run_checks()`` does).
+    """
+    from django.db import connections
+
+    state: ConnectionState = {}
+    for connection in connections.all(initialized_only=True):
+        kind, features = type(connection), connection.features
+        own = {
+            name: value
+            for name, value in vars(connection).items()
+            if name in _RUNNER_STATE or (_cached(kind, name) and name not in _NOT_FACTS)
+        }
+        facts = {
+            name: value for name, value in vars(features).items() if _cached(type(features), name)
+        }
+        state[connection.alias] = (own, facts)
+    return state
+
+
+def give_connection_state(state: ConnectionState) -> None:
+    """D: give this thread's connection objects what ``connection_state`` read on M."""
+    from django.db import connections
+
+    for alias, (own, facts) in state.items():
+        connection = connections[alias]
+        vars(connection).update(own)
+        vars(connection.features).update(facts)
+
+
+def _cached(kind: type, name: str) -> bool:
+    return isinstance(inspect.getattr_static(kind, name, None), cached_property)
 
 
 def loop_running() -> bool:

@@ -46,10 +46,15 @@ import pytest
 from _pytest.fixtures import resolve_fixture_function
 
 from djasynctest._affinity import pin_together
-from djasynctest._classlevel import _RUNNER_STATE
 from djasynctest._conf import Options, _check, _close_option, options
 from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
-from djasynctest._dbtools import OnDBThread, connect_receivers
+from djasynctest._dbtools import (
+    ConnectionState,
+    OnDBThread,
+    connect_receivers,
+    connection_state,
+    give_connection_state,
+)
 from djasynctest._diagnostics import warn_at
 from djasynctest._loop import Loop, Run, close_shared_loops, loop_for
 from djasynctest._routing import (
@@ -412,7 +417,7 @@ def _database_on_db_thread(
             if unpin is not None:
                 request.addfinalizer(unpin)
         steps = helper(**kwargs)
-        test.wait(db.submit(_first_database_step, steps, _runner_state()))
+        test.wait(db.submit(_first_database_step, steps, connection_state()))
         # M: from here on, thread-sensitive calls made in this context, and in
         # the copies that every fixture's and the test's coroutine runs in, go to D.
         routing = enter_routing(db)
@@ -436,25 +441,10 @@ def _database_on_db_thread(
     return database
 
 
-def _runner_state() -> dict[str, dict[str, Any]]:
-    # M: what pytest-django's setup_databases left on this thread's connections
-    # (the serialized_rollback snapshot), which Django reads on D's.
-    from django.db import connections
-
-    return {
-        alias: {
-            key: value for key, value in vars(connections[alias]).items() if key in _RUNNER_STATE
-        }
-        for alias in connections
-    }
-
-
-def _first_database_step(steps: Generator[None], state: dict[str, dict[str, Any]]) -> None:
-    # D.
-    from django.db import connections
-
-    for alias, values in state.items():
-        vars(connections[alias]).update(values)
+def _first_database_step(steps: Generator[None], state: ConnectionState) -> None:
+    # D: what pytest-django's setup_databases left on M's connections (the
+    # serialized_rollback snapshot), which Django reads on D's.
+    give_connection_state(state)
     next(steps)
 
 
