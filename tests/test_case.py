@@ -60,7 +60,21 @@ def test_ready_classes_are_isolated_asyncio_cases(
 ) -> None:
     assert issubclass(case_class, unittest.IsolatedAsyncioTestCase)
     assert issubclass(case_class, django_class)
-    assert case_class.__mro__[1:3] == (AsyncTestMixin, unittest.IsolatedAsyncioTestCase)
+    mro = case_class.__mro__
+    # The mixin (with IsolatedAsyncioTestCase) before every Django class.
+    assert mro[mro.index(AsyncTestMixin) + 1] is unittest.IsolatedAsyncioTestCase
+    assert mro.index(AsyncTestMixin) < min(
+        mro.index(klass) for klass in mro if klass.__module__.startswith("django.")
+    )
+
+
+def test_ready_classes_nest_as_djangos_do() -> None:
+    """Code that checks the hierarchy by name (pytest-django, override_settings, a suite
+    with django.test's names swapped for ours) sees Django's."""
+    assert issubclass(AsyncTestCase, AsyncTransactionTestCase)
+    assert issubclass(AsyncTransactionTestCase, AsyncSimpleTestCase)
+    assert not issubclass(AsyncTransactionTestCase, django.test.TestCase)
+    assert not issubclass(AsyncSimpleTestCase, django.test.TransactionTestCase)
 
 
 def test_wrong_base_order_is_a_type_error_naming_the_right_order() -> None:

@@ -175,6 +175,81 @@ def test_cache_clients() -> None:
         gc.collect()
 
 
+# A user's suite, written for Django's classes, to run on ours (docs/howto/try-a-suite.rst).
+SUITE_ON_DJANGOS_NAMES = """
+import unittest
+
+from django.contrib.auth.models import User
+from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
+
+
+@override_settings(USE_TZ=False)
+class Simple(SimpleTestCase):
+    async def test_runs_on_isolated_asyncio_test_case(self):
+        self.assertIsInstance(self, unittest.IsolatedAsyncioTestCase)
+
+
+class Rows(TestCase):
+    @classmethod
+    def setUpTestData(cls):
+        User.objects.create(username="ann")
+
+    async def test_counts_async_queries(self):
+        # Django's own TestCase raises SynchronousOnlyOperation here.
+        with self.assertNumQueries(1):
+            self.assertEqual(await User.objects.acount(), 1)
+
+
+class Commits(TransactionTestCase):
+    async def test_commits(self):
+        await User.objects.acreate(username="bob")
+        self.assertEqual(await User.objects.acount(), 1)
+"""
+
+
+def _suite_on_djangos_names(tmp_path: Path) -> Path:
+    package = tmp_path / "djangosuite"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "test_suite.py").write_text(SUITE_ON_DJANGOS_NAMES)
+    return package
+
+
+def test_swapped_runner(tmp_path: Path) -> None:
+    from tests.test_runners import PROJECT, assert_unittest_ok, importable, run
+
+    _suite_on_djangos_names(tmp_path)
+    (tmp_path / "swappedsettings.py").write_text(
+        "from tests.runnerproject.settings import *  # noqa: F403\n"
+        'TEST_RUNNER = "tests.docs_examples.swapped_runner.Runner"\n'
+    )
+    with importable(tmp_path):
+        process = run(
+            str(PROJECT / "manage.py"),
+            "test",
+            "--noinput",
+            "djangosuite",
+            settings="swappedsettings",
+        )
+    assert_unittest_ok(process, 3)
+
+
+def test_swapped_conftest(tmp_path: Path) -> None:
+    """pytest-django sets up the databases of the swapped classes, as of Django's."""
+    from tests.test_runners import importable, run
+
+    package = _suite_on_djangos_names(tmp_path)
+    conftest = ROOT / "tests" / "docs_examples" / "swapped_conftest.py"
+    (package / "conftest.py").write_text(conftest.read_text())
+    with importable(tmp_path):
+        process = run(
+            "-m", "pytest", str(package), "-p", "no:cacheprovider", "-p", "no:asyncio", "-q"
+        )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output
+    assert re.search(r"^3 passed in ", output, re.MULTILINE), output
+
+
 def test_pytest_asyncio_sample_runs_under_pytest_asyncio() -> None:
     """The how-to's pytest-asyncio "before" passes, next to its djasynctest "after"."""
     shop = ROOT / "examples" / "shop"

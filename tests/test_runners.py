@@ -35,14 +35,16 @@ def importable(*folders: Path) -> Iterator[None]:
         del os.environ["PYTHONPATH"]
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, settings: str = "tests.runnerproject.settings"
+) -> subprocess.CompletedProcess[str]:
     """Run a command in the repository with only DJANGO_SETTINGS_MODULE set for Django."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("PYTEST_", "DJANGO_")) and key != "PYTHONPATH"
     }
-    env["DJANGO_SETTINGS_MODULE"] = "tests.runnerproject.settings"
+    env["DJANGO_SETTINGS_MODULE"] = settings
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     env["DJASYNCTEST_NAME_SUFFIX"] = os.environ.get("DJASYNCTEST_NAME_SUFFIX", "") + "_" + worker
     if "PYTHONPATH" in os.environ:

@@ -582,13 +582,19 @@ for _name in CLASS_HOOKS:
     run_class_hook_on_db_thread(AsyncTestMixin, _name)
 
 
+# Nested as Django's are (TestCase is a TransactionTestCase is a SimpleTestCase), so
+# that code which checks the hierarchy by name (pytest-django, override_settings,
+# a suite with django.test's names swapped for these) sees the same. The mixin
+# comes before every Django class in each MRO.
+
+
 class AsyncSimpleTestCase(AsyncTestMixin, SimpleTestCase):
     """``django.test.SimpleTestCase`` with async tests and hooks: no database."""
 
 
-class AsyncTransactionTestCase(AsyncTestMixin, TransactionTestCase):
+class AsyncTransactionTestCase(AsyncSimpleTestCase, TransactionTestCase):
     """``django.test.TransactionTestCase`` with async tests and hooks."""
 
 
-class AsyncTestCase(AsyncTestMixin, TestCase):
+class AsyncTestCase(AsyncTransactionTestCase, TestCase):
     """``django.test.TestCase`` with async tests and hooks, each test rolled back."""
