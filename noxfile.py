@@ -251,6 +251,18 @@ def conformance(session: nox.Session, django: str) -> None:
     session.run("python", "tests/conformance/run.py", *whole, *session.posargs)
 
 
+@nox.session(python=ONE_PYTHON, tags=["ci"])
+def thirdparty(session: nox.Session) -> None:
+    """Published suites of popular packages (tests/conformance/thirdparty.py), as published
+    and with our classes swapped in: under Django's runner and under pytest-django."""
+    session.install(DJANGOS[NEWEST_DJANGO], "-e", ".", "pytest>=8.2")
+    script = "tests/conformance/thirdparty.py"
+    requirements = session.run("python", script, "--requirements", *session.posargs, silent=True)
+    assert isinstance(requirements, str)
+    session.install(*requirements.split("\n")[:-1])
+    session.run("python", script, *session.posargs)
+
+
 @nox.session(python=ONE_PYTHON)
 def bench(session: nox.Session) -> None:
     """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more;

@@ -179,14 +179,27 @@ def test_cache_clients() -> None:
 SUITE_ON_DJANGOS_NAMES = """
 import unittest
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
+from django.test import testcases
+
+
+class ApiTestCase(testcases.TestCase):
+    # A package's base class, built on django.test.testcases (as DRF's APITestCase is).
+    pass
 
 
 @override_settings(USE_TZ=False)
 class Simple(SimpleTestCase):
-    async def test_runs_on_isolated_asyncio_test_case(self):
-        self.assertIsInstance(self, unittest.IsolatedAsyncioTestCase)
+    def test_settings(self):
+        self.assertFalse(settings.USE_TZ)
+
+
+@override_settings(USE_TZ=False)
+class Api(ApiTestCase):
+    def test_settings(self):
+        self.assertFalse(settings.USE_TZ)
 
 
 class Rows(TestCase):
@@ -195,6 +208,7 @@ class Rows(TestCase):
         User.objects.create(username="ann")
 
     async def test_counts_async_queries(self):
+        self.assertIsInstance(self, unittest.IsolatedAsyncioTestCase)
         # Django's own TestCase raises SynchronousOnlyOperation here.
         with self.assertNumQueries(1):
             self.assertEqual(await User.objects.acount(), 1)
@@ -231,7 +245,7 @@ def test_swapped_runner(tmp_path: Path) -> None:
             "djangosuite",
             settings="swappedsettings",
         )
-    assert_unittest_ok(process, 3)
+    assert_unittest_ok(process, 4)
 
 
 def test_swapped_conftest(tmp_path: Path) -> None:
@@ -247,7 +261,7 @@ def test_swapped_conftest(tmp_path: Path) -> None:
         )
     output = process.stdout + process.stderr
     assert process.returncode == 0, output
-    assert re.search(r"^3 passed in ", output, re.MULTILINE), output
+    assert re.search(r"^4 passed in ", output, re.MULTILINE), output
 
 
 def test_pytest_asyncio_sample_runs_under_pytest_asyncio() -> None:

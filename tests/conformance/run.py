@@ -20,13 +20,13 @@ import argparse
 import importlib.metadata
 import json
 import os
-import re
 import runpy
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
+
+from outcomes import allowed, compare, runner_outcomes, sdist
 
 HERE = Path(__file__).resolve().parent
 APPS = [
@@ -46,46 +46,13 @@ APPS = [
     "sessions_tests",
     "signals",
 ]
-# "test_x (app.tests.Class.test_x) ... ok", the docstring's first line, if
-# any, on a line of its own before " ... ok".
-RESULT = re.compile(
-    r"^(?P<test>\w+ \([\w.]+\))(?:\n[^\n]*?)? \.\.\. "
-    r"(?P<outcome>ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
-    re.MULTILINE,
-)
-RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)
-CLASS_LEVEL = ("setUpClass (", "tearDownClass (", "setUpModule (", "tearDownModule (")
 
 
 def django_tests(cache: Path) -> Path:
     """The ``tests/`` folder of the installed Django's source, downloaded once."""
     import django
 
-    version = django.__version__
-    folder = cache / f"django-{version}"
-    if not (folder / "tests" / "runtests.py").exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"django=={version}",
-                "--dest",
-                str(cache),
-            ],
-            check=True,
-        )
-        [archive] = cache.glob(f"[dD]jango-{version}.tar.gz")
-        with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if "/tests/" in m.name]
-            tar.extractall(cache, members=members, filter="data")
-    return folder / "tests"
+    return sdist("django", django.__version__, cache) / "tests"
 
 
 def outcomes(tests: Path, apps: list[str], *, swapped: bool, parallel: int) -> dict[str, str]:
@@ -98,16 +65,7 @@ def outcomes(tests: Path, apps: list[str], *, swapped: bool, parallel: int) -> d
     process = subprocess.run(command, cwd=tests, capture_output=True, check=False)
     # Not text=True: a docstring with a "\r" in it must stay on its line.
     output = (process.stdout + process.stderr).decode(errors="replace")
-    found = {match["test"]: match["outcome"] for match in RESULT.finditer(output)}
-    ran = RAN.search(output)
-    # unittest counts no test for an error in setUpClass, setUpModule...
-    class_level = sum(1 for test in found if test.startswith(CLASS_LEVEL))
-    if not found or ran is None or len(found) - class_level < int(ran[1]):
-        sys.exit(
-            f"Could not read every result of {' '.join(command)} "
-            f"({len(found)} read):\n{output[-3000:]}"
-        )
-    return found
+    return runner_outcomes(output, command)
 
 
 def environment() -> dict[str, str]:
@@ -154,15 +112,6 @@ def record_baseline(plain: dict[str, str]) -> None:
     print(f"Recorded {path.relative_to(HERE.parent.parent)}.")
 
 
-def allowed() -> dict[str, str]:
-    entries = {}
-    for line in (HERE / "allowlist.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            test, _, reason = line.partition(" # ")
-            entries[test.strip()] = reason.strip()
-    return entries
-
-
 def swapped_child(argv: list[str]) -> None:
     """Replace Django's test cases with ours, then be ``runtests.py``."""
     import django.test
@@ -196,30 +145,9 @@ def main() -> int:
         if options.all:
             record_baseline(plain)
     swapped = outcomes(tests, apps, swapped=True, parallel=options.parallel)
-    allow = allowed()
-    not_passing = {test for test, outcome in plain.items() if outcome != "ok"}
-    passing = len(plain) - len(not_passing)
-    # Every test that passes as it is must pass swapped: those that ran and did
-    # not pass, unless they do not pass as they are, and those that did not run.
-    broken = sorted(
-        test
-        for test, outcome in swapped.items()
-        if outcome != "ok" and test not in not_passing and test not in allow
-    )
-    swapped_ok = sum(outcome == "ok" for outcome in swapped.values())
-    missing = passing - sum(1 for test in swapped if test not in not_passing)
-    print(f"Django's own tests ({', '.join(apps) or 'every app'}):")
-    print(f"  as they are:           {passing} passed of {len(plain)}")
-    print(f"  with djasynctest's:    {swapped_ok} passed of {len(swapped)}")
-    print(f"  allowed to differ:     {len(allow)}")
-    for test in broken:
-        print(f"  BROKEN: {test}: {swapped[test]}")
-    if missing > 0:
-        print(f"  BROKEN: {missing} tests that pass as they are did not run swapped")
-    stale = sorted(test for test in allow if swapped.get(test) == "ok")
-    for test in stale:
-        print(f"  passes now, remove from allowlist.txt: {test}")
-    return 1 if broken or stale or missing > 0 else 0
+    allow = allowed(HERE / "allowlist.txt")
+    ok = compare(plain, swapped, allow, f"Django's own tests ({', '.join(apps) or 'every app'})")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

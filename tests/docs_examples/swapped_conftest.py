@@ -3,6 +3,5 @@ import django.test
 
 import djasynctest
 
-django.test.SimpleTestCase = djasynctest.AsyncSimpleTestCase
 django.test.TransactionTestCase = djasynctest.AsyncTransactionTestCase
 django.test.TestCase = djasynctest.AsyncTestCase

@@ -5,7 +5,6 @@ from django.test.runner import DiscoverRunner
 import djasynctest
 
 # manage.py test imports the runner before any test module.
-django.test.SimpleTestCase = djasynctest.AsyncSimpleTestCase
 django.test.TransactionTestCase = djasynctest.AsyncTransactionTestCase
 django.test.TestCase = djasynctest.AsyncTestCase
 
