@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import warnings
 
 import pytest
 from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 
 from djasynctest import AsyncTestCase
 from djasynctest._diagnostics import PendingTaskWarning
-from tests import cpus
+from tests import children
 from tests.testapp.models import Item
 from tests.utils import assert_passed, run_case, thread
 
@@ -112,19 +110,8 @@ def test_a_process_forked_from_the_db_thread_starts_with_no_routing() -> None:
         @classmethod
         def setUpClass(cls) -> None:
             super().setUpClass()
-            context = multiprocessing.get_context("fork")
-            queue = context.Queue()
-            with warnings.catch_warnings():
-                # Python 3.12+: fork() in a process with threads (ours) is deprecated.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                child = context.Process(target=cpus.serve_in_a_child, args=(queue,))
-                child.start()
-            try:
-                seen.append(queue.get(timeout=30))  # it deadlocked, before
-            finally:
-                child.join(10)
-                if child.exitcode is None:
-                    child.kill()
+            # It deadlocked, before.
+            seen.append(children.from_a_child("fork", children.serve_in_a_child))
 
         async def test_it(self) -> None:
             seen.append(await sync_to_async(thread)())

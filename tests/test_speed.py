@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
 import threading
-import warnings
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from django.test import override_settings
 from djasynctest import AsyncTestCase
 from djasynctest._affinity import pin_together
 from djasynctest._dbthread import db_thread
-from tests import cpus
+from tests import children
 from tests.testapp.models import Item
 from tests.utils import assert_passed, run_case
 
@@ -100,22 +98,12 @@ def test_parallel_workers_take_different_cpus(
 
 def _process_cpus(method: str) -> int:
     """The CPUs of a multiprocessing child started with ``method``, from this thread."""
-    context = multiprocessing.get_context(method)
-    queue = context.Queue()
-    with warnings.catch_warnings():
-        # Python 3.12+: fork() in a process with threads (ours) is deprecated.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        process = context.Process(target=cpus.report, args=(queue,))
-        process.start()
-    try:
-        count: int = queue.get(timeout=60)
-    finally:
-        process.join(10)
+    count: int = children.from_a_child(method, children.report)
     return count
 
 
 def _program_cpus() -> int:
-    out = subprocess.run([sys.executable, "-c", cpus.REPORT], capture_output=True, check=True)
+    out = subprocess.run([sys.executable, "-c", children.REPORT], capture_output=True, check=True)
     return int(out.stdout)
 
 
