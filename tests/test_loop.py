@@ -515,3 +515,36 @@ def test_at_loop_close_outside_a_test_loop_names_the_fix() -> None:
         "at_loop_close() registers a callback for the event loop of a djasynctest test: "
         "call it from an async test, hook or fixture that djasynctest runs."
     )
+
+
+def test_a_test_run_inside_another_leaves_the_outer_modules_loop_open() -> None:
+    """Django's own suite runs test cases from inside its tests: one of another module
+    must not close the loop the outer class still runs on."""
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    class Inner(AsyncTestCase):
+        loop_scope = "module"
+
+        async def test_inner(self) -> None:
+            loops.append(asyncio.get_running_loop())
+
+    class Outer(AsyncTestCase):
+        loop_scope = "module"
+
+        async def test_1(self) -> None:
+            loops.append(asyncio.get_running_loop())
+
+        def test_2_runs_another_modules_test(self) -> None:
+            assert_passed(run_case(in_module(Inner, "tests.fake_b")), 1)
+
+        async def test_3(self) -> None:
+            loops.append(asyncio.get_running_loop())
+
+    assert_passed(run_case(in_module(Outer, "tests.fake_a")), 3)
+    outer, inner, again = loops
+    assert outer is again
+    assert inner is not outer
+    assert not outer.is_closed()
+    close_shared_loops()  # the end of the run
+    assert outer.is_closed()
+    assert inner.is_closed()

@@ -236,6 +236,7 @@ class ClassLoop:
         self.loop = loop
         self.context = context
         self._routing = context.run(enter_routing, db)
+        loop.users += 1
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         __tracebackhide__ = True
@@ -243,6 +244,7 @@ class ClassLoop:
 
     def close(self) -> None:
         """M, after the class's last hook: a loop of a module or the session lives on."""
+        self.loop.users -= 1
         try:
             self.context.run(exit_routing, self._routing)
         finally:

@@ -120,6 +120,7 @@ class Loop:
         self.loop = self.runner.get_loop()
         self.pid = os.getpid()
         self.closed = False
+        self.users = 0  # the classes and tests running on it now (see entering_module)
         self.at_close: list[Callable[[], object]] = []
         if not self.adopted:
             self.route()
@@ -256,10 +257,13 @@ def shared_loop(scope: LoopScope, module: str, *, debug: bool, loop_factory: Loo
 
 
 def entering_module(module: str) -> None:
-    """M: a test of ``module`` starts: the module loops of other modules are done."""
+    """M: a test of ``module`` starts: the module loops of other modules are done, but for
+    one a class or a test still runs on (a test run from inside another test)."""
     _forget_forked()
-    for key in [key for key in _shared if key[0] == "module" and key[1] != module]:
-        _shared.pop(key).close()
+    for key, loop in list(_shared.items()):
+        if key[0] == "module" and key[1] != module and not loop.users:
+            del _shared[key]
+            loop.close()
 
 
 def close_shared_loops(*, scope: LoopScope | None = None, module: str | None = None) -> None:
@@ -303,6 +307,9 @@ class Run:
         self.name = name
         self.warn = warn
         self.test = test
+        self._closed = False
+        if test:
+            loop.users += 1
         self.watch = (
             None
             if opts.blocking_threshold is None
@@ -356,6 +363,9 @@ class Run:
             self.warn(report, PendingTaskWarning)
 
     def close(self) -> None:
-        """M: end the test's timeout (the loop is its owner's to close)."""
+        """M: end the test's timeout (the loop is its owner's to close); once."""
         if self.deadline is not None:
             self.deadline.cancel()
+        if self.test and not self._closed:
+            self.loop.users -= 1
+        self._closed = True
