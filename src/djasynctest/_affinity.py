@@ -18,7 +18,8 @@ test starts (a server thread, a browser, a forked server process) must not be
 confined to the test's CPU. So, while threads are pinned:
 
 * a thread started from a pinned thread unpins itself before it runs (its
-  ``run``, wrapped from the audit event of its start);
+  ``run``, wrapped from the audit event of its start; before Python 3.12,
+  which has no such event, from ``threading._start_new_thread``);
 * the child of ``os.fork`` (``multiprocessing``'s fork) unpins itself
   (``os.register_at_fork``);
 * a thread that starts a program (``subprocess``, ``os.posix_spawn``,
@@ -123,18 +124,35 @@ def _watch_starts() -> None:
     multiprocessing.util.spawnv_passfds = functools.wraps(spawn)(
         functools.partial(_unpinned_first, spawn)
     )
+    if sys.version_info < (3, 12):
+        # No audit event for a thread's start before Python 3.12: threading starts
+        # every thread through this name of its module.
+        start = threading._start_new_thread  # type: ignore[attr-defined]
+        threading._start_new_thread = functools.partial(_starting, start)  # type: ignore[attr-defined]
 
 
 def _on_audit(event: str, args: tuple[Any, ...]) -> None:
     if not _pinned:
         return
     if event in _THREAD_STARTS:
-        thread = getattr(args[0], "__self__", None)  # Thread._bootstrap
-        if isinstance(thread, threading.Thread) and threading.get_native_id() in _pinned:
-            run = thread.run
-            thread.run = functools.partial(_unpinned_run, run)  # type: ignore[method-assign]
+        _thread_starting(args[0])
     elif event in _PROGRAM_STARTS:
         _unpin_this_thread()
+
+
+def _starting(start: Callable[..., int], function: Any, *args: Any) -> int:
+    if _pinned:
+        _thread_starting(function)
+    return start(function, *args)
+
+
+def _thread_starting(function: Any) -> None:
+    """Before a thread starts ``function`` (a ``Thread``'s ``_bootstrap``): if it is started
+    from a pinned thread, it unpins itself before it runs."""
+    thread = getattr(function, "__self__", None)
+    if isinstance(thread, threading.Thread) and threading.get_native_id() in _pinned:
+        run = thread.run
+        thread.run = functools.partial(_unpinned_run, run)  # type: ignore[method-assign]
 
 
 def _unpinned_run(run: Callable[[], object]) -> None:
