@@ -104,6 +104,9 @@ def test_sync_hook_calling_async_to_sync_reaches_db_thread_for_orm() -> None:
 def test_a_process_forked_from_the_db_thread_starts_with_no_routing() -> None:
     """A server a sync setUpClass forks is no DB thread of ours, and routes nothing to one:
     its thread-sensitive calls, and async_to_sync inside them, run as without djasynctest."""
+    # asgiref's process-wide thread, started before the fork as in any longer run: the
+    # child inherits its executor, but not the thread.
+    asyncio.run(sync_to_async(thread)())
     seen: list[object] = []
 
     class ForksAServer(AsyncTestCase):

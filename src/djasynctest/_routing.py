@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
@@ -104,6 +105,17 @@ def unroute_loop(loop: asyncio.AbstractEventLoop) -> None:
 def forget_event_loop() -> None:
     """Make ``async_to_sync`` on this thread start its own loop, not reuse a stale one."""
     SyncToAsync.threadlocal.main_event_loop = None
+
+
+def _fresh_start_after_fork() -> None:
+    # The child of a fork has only the thread that forked: asgiref's process-wide
+    # executor would queue work for a thread the child does not have (and the
+    # forking thread may remember an event loop of the parent's).
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
+    forget_event_loop()
+
+
+os.register_at_fork(after_in_child=_fresh_start_after_fork)
 
 
 def asgirefs_own_executor() -> Executor:
