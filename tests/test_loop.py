@@ -548,3 +548,43 @@ def test_a_test_run_inside_another_leaves_the_outer_modules_loop_open() -> None:
     close_shared_loops()  # the end of the run
     assert outer.is_closed()
     assert inner.is_closed()
+
+
+def test_a_test_whose_code_is_all_sync_makes_no_loop_until_async_code_turns_up() -> None:
+    made: list[asyncio.AbstractEventLoop] = []
+    events: list[object] = []
+
+    def factory() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        made.append(loop)
+        return loop
+
+    class Mixed(AsyncTestCase):
+        loop_factory = staticmethod(factory)
+
+        def setUp(self) -> None:
+            Item.objects.create(name="sync")
+
+        def test_1_sync(self) -> None:
+            events.append(("sync", Item.objects.count()))
+
+        def test_2_sync_with_an_async_cleanup(self) -> None:
+            async def cleanup() -> None:
+                events.append(("async cleanup", await Item.objects.acount()))
+                asyncio.get_running_loop().create_task(asyncio.sleep(10), name="left")
+
+            self.addAsyncCleanup(cleanup)
+
+        async def test_3_async(self) -> None:
+            events.append(("async", await Item.objects.acount()))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_passed(run_case(Mixed), 3)
+    # One loop for setUpClass, one for the async cleanup, one for the async test.
+    assert len(made) == 3
+    assert events == [("sync", 1), ("async cleanup", 1), ("async", 1)]
+    # The loop made for the cleanup watched its tasks.
+    [warning] = caught
+    assert "task left (" in str(warning.message)
+    assert leftover_rows() == {"items": [], "orders": 0}

@@ -141,6 +141,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     _djat_pre_setup: Future[None] | None
     _djat_routing: ThreadSensitiveContext | None
     _djat_teardown_due: bool
+    _djat_started: bool
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -159,6 +160,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_pre_setup = None
         self._djat_routing = None
         self._djat_teardown_due = False
+        self._djat_started = False
         if getattr(self, "_djat_run", None) is not None:
             self._djat_run.close()  # type: ignore[union-attr]
         self._djat_run = None
@@ -241,18 +243,36 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if context is not None:
             # What the class's hooks set, for this test alone.
             self._asyncioTestContext = context.copy()
+        self._djat_started = True
         class_loop = cls.__dict__.get("_djat_class_loop")
         if class_loop is not None:
-            loop = class_loop.loop
-        else:
-            # Makes the loop now, while D works (a test run outside its class's set-up
-            # shares no class loop).
-            scope = opts.loop_scope if opts.loop_scope in ("module", "session") else "test"
-            loop = loop_for(
-                scope, cls.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
+            self._djat_use(class_loop.loop)
+        elif opts.loop_scope in ("module", "session"):
+            self._djat_use(
+                loop_for(
+                    opts.loop_scope,
+                    cls.__module__,
+                    debug=opts.loop_debug,
+                    loop_factory=opts.loop_factory,
+                )
             )
+        elif not _all_sync(self):
+            # A loop of its own (also for a test run outside its class's set-up,
+            # which shares no class loop), made now, while D works. A test whose
+            # code is all sync gets one only if async code turns up (_djat_loop_now).
+            self._djat_use(self._djat_new_loop())
+
+    def _djat_new_loop(self) -> Loop:
+        opts = self._djat_options
+        return loop_for(
+            "test", type(self).__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
+        )
+
+    def _djat_use(self, loop: Loop) -> None:
         self._djat_loop = loop
         self._asyncioRunner = loop.runner
+        if self._djat_run is not None:
+            self._djat_run.attach(loop)
 
     def _djat_run_pre_setup(self) -> None:
         # D.
@@ -308,7 +328,6 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             outcome(pending)
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
-        assert self._djat_loop is not None
         self._djat_routing = self._asyncioTestContext.run(enter_routing, db_thread())
         opts = self._djat_options
         self._djat_run = Run(
@@ -360,8 +379,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _tearDownAsyncioRunner(self) -> None:
         # M.
-        loop = self._djat_loop
-        if loop is None:
+        if not self._djat_started:
             return
         try:
             pending, self._djat_pre_setup = self._djat_pre_setup, None
@@ -378,9 +396,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if not self._djat_left_behind() and self._djat_routing is not None:
                 self._asyncioTestContext.run(exit_routing, self._djat_routing)
         finally:
+            loop = self._djat_loop
             self._djat_reset()
             self._asyncioRunner = None
-            if loop.scope == "test":
+            if loop is not None and loop.scope == "test":
                 loop.close()
 
     def __del__(self) -> None:
@@ -432,7 +451,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         # M: runs the loop until coro is done, watched by the diagnostics.
         __tracebackhide__ = True
         run = self._djat_run
-        assert run is not None, "the test's loop is not set up"
+        assert run is not None, "the test is not set up"
+        if self._djat_loop is None:
+            self._djat_use(self._djat_new_loop())
         return run.run(coro, context or self._asyncioTestContext)
 
     def _djat_check_leaks(self) -> None:
@@ -570,6 +591,17 @@ def _is_skipped(case: unittest.TestCase) -> bool:
     return bool(
         getattr(type(case), "__unittest_skip__", False)
         or getattr(method, "__unittest_skip__", False)
+    )
+
+
+def _all_sync(case: unittest.TestCase) -> bool:
+    """Whether the test method and its per-test hooks are all plain functions."""
+    return not (
+        iscoroutinefunction(getattr(case, case._testMethodName))
+        or iscoroutinefunction(case.setUp)
+        or iscoroutinefunction(case.tearDown)
+        or _overrides(case, "asyncSetUp", unittest.IsolatedAsyncioTestCase)
+        or _overrides(case, "asyncTearDown", unittest.IsolatedAsyncioTestCase)
     )
 
 

@@ -150,25 +150,34 @@ class Deadline:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, timeout: float, test: str, label: str = "the test"
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        timeout: float,
+        test: str,
+        label: str = "the test",
     ) -> None:
         self.timeout = timeout
         self.test = test
         self.label = label
         self.report: str | None = None
+        # Where the test's async code runs (None until it has some: see Run.attach).
+        self.loop = loop
         self._expires = now() + timeout
         self._running: Coroutine[Any, Any, Any] | None = None
         # The watchdog's timer, on the real clock: the loop's may be frozen.
-        self._timer = watchdog().call_at(self._expires, functools.partial(self._fire, loop))
+        self._timer = watchdog().call_at(self._expires, self._fire)
 
     def running(self, coro: Coroutine[Any, Any, Any] | None) -> None:
         """The coroutine the loop runs now (the test's task), or None."""
         self._running = coro
 
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        # The watchdog thread.
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there
-            loop.call_soon_threadsafe(self._expire, loop)
+    def _fire(self) -> None:
+        # The watchdog thread. With no loop, the test's sync code is waited for
+        # until expiry (result()).
+        loop = self.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there
+                loop.call_soon_threadsafe(self._expire, loop)
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         # The loop's thread, while it runs the test's code: report every
@@ -508,24 +517,24 @@ class Leaks:
     when the test first used it) lives with the loop, and is not the test's.
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        checks: frozenset[str],
-        *,
-        full_stacks: bool,
-        loop_outlives_test: bool = False,
-    ) -> None:
-        self.loop = loop
+    def __init__(self, checks: frozenset[str], *, full_stacks: bool) -> None:
         self.checks = checks
-        self.loop_outlives_test = loop_outlives_test
+        self.full_stacks = full_stacks
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_outlives_test = False
+        self.tasks_before: set[asyncio.Task[Any]] = set()
         self.threads_before = set(threading.enumerate()) if "threads" in checks else set()
         if "connections" in checks:
             watch_connections()
-        self.tasks_before = asyncio.all_tasks(loop) if "tasks" in checks else set()
-        if "tasks" in checks:
+
+    def watch_tasks(self, loop: asyncio.AbstractEventLoop, *, outlives_test: bool) -> None:
+        """M: the test's async code runs on ``loop`` (which may outlive it) from now on."""
+        self.loop = loop
+        self.loop_outlives_test = outlives_test
+        if "tasks" in self.checks:
+            self.tasks_before = asyncio.all_tasks(loop)
             forget_task_sites()
-            track_task_creation(loop, full_stacks=full_stacks)
+            track_task_creation(loop, full_stacks=self.full_stacks)
 
     def report(self, test: str) -> str | None:
         """M, with the loop stopped: what ``test`` left behind, or None."""
@@ -538,7 +547,7 @@ class Leaks:
                 if type(task.get_coro()).__name__ != "async_generator_athrow"
                 and not (self.loop_outlives_test and _made_by_a_package(task))
             }
-            if "tasks" in self.checks
+            if "tasks" in self.checks and self.loop is not None
             else set()
         )
         threads = new_threads(self.threads_before) if "threads" in self.checks else set()

@@ -296,52 +296,60 @@ class Run:
     """What one test runs on a loop, watched; or, with ``test=False``, a fixture of a
     longer scope (each of whose runs gets the timeout on its own, and no leak report).
 
+    ``loop`` may be None for a test whose code is all sync: it needs a loop only if
+    some async code turns up (an async cleanup), and gets one then (``attach``).
     ``warn(text, category)`` issues a warning where the user looks (the test's line).
     """
 
     def __init__(
-        self, loop: Loop, opts: Options, name: str, *, warn: Warn, test: bool = True
+        self, loop: Loop | None, opts: Options, name: str, *, warn: Warn, test: bool = True
     ) -> None:
-        self.loop = loop
+        self.loop: Loop | None = None
         self.opts = opts
         self.name = name
         self.warn = warn
         self.test = test
         self._closed = False
-        if test:
-            loop.users += 1
-        self.watch = (
-            None
-            if opts.blocking_threshold is None
-            else LoopWatch(
+        self.watch: LoopWatch | None = None
+        self.deadline = (
+            Deadline(None, opts.timeout, name) if test and opts.timeout is not None else None
+        )
+        self.leaks = (
+            Leaks(opts.leak_checks, full_stacks=opts.task_creation_stacks)
+            if test and opts.leak_checks
+            else None
+        )
+        if loop is not None:
+            self.attach(loop)
+
+    def attach(self, loop: Loop) -> None:
+        """M: the test's async code runs on ``loop`` from now on."""
+        self.loop = loop
+        opts = self.opts
+        if opts.blocking_threshold is not None:
+            self.watch = LoopWatch(
                 loop.loop,
                 opts.blocking_threshold,
                 functools.partial(sample_block, allowed=opts.blocking_allowed),
             )
-        )
-        self.deadline = (
-            Deadline(loop.loop, opts.timeout, name) if test and opts.timeout is not None else None
-        )
-        self.leaks = (
-            Leaks(
-                loop.loop,
-                opts.leak_checks,
-                full_stacks=opts.task_creation_stacks,
-                loop_outlives_test=loop.scope not in ("test", "function"),
-            )
-            if test and opts.leak_checks
-            else None
-        )
+        if self.deadline is not None:
+            self.deadline.loop = loop.loop
+        if self.leaks is not None:
+            self.leaks.watch_tasks(loop.loop, outlives_test=loop.scope not in ("test", "function"))
+        if self.test:
+            loop.users += 1
 
     def run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
         """M: run ``coro`` to the end in ``context``, and report what the watch saw."""
         __tracebackhide__ = True
+        loop = self.loop
+        assert loop is not None, "no loop attached"
         deadline = self.deadline
         if deadline is None and not self.test and self.opts.timeout is not None:
-            deadline = Deadline(self.loop.loop, self.opts.timeout, self.name)
+            deadline = Deadline(loop.loop, self.opts.timeout, self.name)
         try:
             return run_watched(
-                functools.partial(self.loop.run, coro, context),
+                functools.partial(loop.run, coro, context),
                 coro,
                 self.name,
                 watch=self.watch,
@@ -366,6 +374,6 @@ class Run:
         """M: end the test's timeout (the loop is its owner's to close); once."""
         if self.deadline is not None:
             self.deadline.cancel()
-        if self.test and not self._closed:
+        if self.test and not self._closed and self.loop is not None:
             self.loop.users -= 1
         self._closed = True
