@@ -23,7 +23,7 @@ CLASS_LEVEL = ("setUpClass (", "tearDownClass (", "setUpModule (", "tearDownModu
 
 def sdist(name: str, version: str, cache: Path) -> Path:
     """The unpacked source distribution of ``name==version``, downloaded once."""
-    folder = cache / f"{name}-{version}"
+    folder = cache / "sources" / f"{name}-{version}"
     if not (folder / "done").exists():
         cache.mkdir(parents=True, exist_ok=True)
         download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
