@@ -21,6 +21,7 @@ COLOURS = {
     "AsyncTestCase, loop per test": "#1f77b4",
     "AsyncTestCase, loop per class": "#2ca02c",
     "AsyncTestCase, one loop for the run": "#9467bd",
+    "AsyncTestCase, sync test": "#8c564b",
 }
 KINDS = {
     "trivial": "trivial test",

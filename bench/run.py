@@ -126,6 +126,8 @@ FLAVOURS: dict[str, tuple[type, bool, dict[str, Any]]] = {
     "AsyncTestCase, loop per test": (AsyncTestCase, True, {}),
     "AsyncTestCase, loop per class": (AsyncTestCase, True, {"loop_scope": "class"}),
     "AsyncTestCase, one loop for the run": (AsyncTestCase, True, {"loop_scope": "session"}),
+    # What a suite swapped to our classes mostly runs: plain def tests and hooks.
+    "AsyncTestCase, sync test": (AsyncTestCase, False, {}),
     "AsyncTestCase, loop per class, cpu_affinity off": (
         AsyncTestCase,
         True,
@@ -142,6 +144,8 @@ TARGETS = {
     ("orm", "AsyncTestCase, loop per class"): 1.5,
     ("client", "AsyncTestCase, loop per test"): 1.4,
     ("client", "AsyncTestCase, loop per class"): 1.2,
+    ("trivial", "AsyncTestCase, sync test"): 1.1,
+    ("orm", "AsyncTestCase, sync test"): 1.1,
 }
 # kind: how much faster than Django's own async def test, at least (loop per test).
 AHEAD_OF_DJANGO = {"trivial": 1.5, "orm": 1.25}
