@@ -255,7 +255,8 @@ def conformance(session: nox.Session, django: str) -> None:
 def thirdparty(session: nox.Session) -> None:
     """Published suites of popular packages (tests/conformance/thirdparty.py), as published
     and with our classes swapped in: under Django's runner and under pytest-django."""
-    session.install(DJANGOS[NEWEST_DJANGO], "-e", ".", "pytest>=8.2")
+    # pip: the script downloads the packages' sources with it.
+    session.install(DJANGOS[NEWEST_DJANGO], "-e", ".", "pip", "pytest>=8.2")
     script = "tests/conformance/thirdparty.py"
     requirements = session.run("python", script, "--requirements", *session.posargs, silent=True)
     assert isinstance(requirements, str)

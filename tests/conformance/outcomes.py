@@ -35,7 +35,7 @@ def sdist(name: str, version: str, cache: Path) -> Path:
             for path in cache.glob("*.tar.gz")
             if re.fullmatch(rf"(?i){normalized}-{re.escape(version)}\.tar\.gz", path.name)
         ]
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive) as tar:
             tar.extractall(folder, filter="data")
         (folder / "done").touch()
