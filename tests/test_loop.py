@@ -588,3 +588,30 @@ def test_a_test_whose_code_is_all_sync_makes_no_loop_until_async_code_turns_up()
     [warning] = caught
     assert "task left (" in str(warning.message)
     assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_a_failing_at_loop_close_callback_is_reported_and_the_loop_still_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[str] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    class Closing(AsyncTestCase):
+        async def test_it(self) -> None:
+            loops.append(asyncio.get_running_loop())
+
+            async def fails() -> None:
+                raise ValueError("connection already gone")
+
+            at_loop_close(lambda: closed.append("first registered"))
+            at_loop_close(fails)
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        assert_passed(run_case(Closing), 1)
+    assert closed == ["first registered"]
+    assert loops[0].is_closed()
+    [record] = caplog.records
+    assert record.getMessage().startswith("at_loop_close callback <function ")
+    assert "failed" in record.getMessage()
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "connection already gone"

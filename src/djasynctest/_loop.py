@@ -159,7 +159,13 @@ class Loop:
             return
         try:
             for callback in reversed(self.at_close):
-                self._run(_awaited(callback), context=contextvars.copy_context())
+                try:
+                    self._run(_awaited(callback), context=contextvars.copy_context())
+                except Exception as exc:
+                    # Reported as asyncio reports a failing callback: closing goes on.
+                    self.loop.call_exception_handler(
+                        {"message": f"at_loop_close callback {callback!r} failed", "exception": exc}
+                    )
         finally:
             try:
                 unroute_loop(self.loop)
@@ -183,6 +189,8 @@ def at_loop_close(callback: Callable[[], object], /) -> None:
     For what lives as long as the loop (a global async client's connections):
     ``at_loop_close(client.aclose)``. ``callback`` is a coroutine function or a
     plain one; callbacks run newest first, each once however often it was given.
+    One that raises is reported as asyncio reports a failing callback (the loop's
+    exception handler logs it), and the loop still closes.
     """
     try:
         running = asyncio.get_running_loop()
