@@ -56,14 +56,15 @@ def connection_state() -> ConnectionState:
 
     state: ConnectionState = {}
     for connection in connections.all(initialized_only=True):
-        kind, features = type(connection), connection.features
+        cached = _cached_properties(type(connection))
         own = {
             name: value
             for name, value in vars(connection).items()
-            if name in _RUNNER_STATE or (_cached(kind, name) and name not in _NOT_FACTS)
+            if name in _RUNNER_STATE or (name in cached and name not in _NOT_FACTS)
         }
+        features = _cached_properties(type(connection.features))
         facts = {
-            name: value for name, value in vars(features).items() if _cached(type(features), name)
+            name: value for name, value in vars(connection.features).items() if name in features
         }
         state[connection.alias] = (own, facts)
     return state
@@ -79,8 +80,20 @@ def give_connection_state(state: ConnectionState) -> None:
         vars(connection.features).update(facts)
 
 
-def _cached(kind: type, name: str) -> bool:
-    return isinstance(inspect.getattr_static(kind, name, None), cached_property)
+_CACHED_PROPERTIES: dict[type, frozenset[str]] = {}
+
+
+def _cached_properties(kind: type) -> frozenset[str]:
+    """The names of the ``cached_property`` attributes of ``kind`` (found once per class)."""
+    names = _CACHED_PROPERTIES.get(kind)
+    if names is None:
+        names = _CACHED_PROPERTIES[kind] = frozenset(
+            name
+            for klass in kind.__mro__
+            for name, value in vars(klass).items()
+            if isinstance(value, cached_property)
+        )
+    return names
 
 
 def loop_running() -> bool:
