@@ -323,16 +323,20 @@ def _tear_down_class(
 ) -> Any:
     # M.
     __tracebackhide__ = True
-    loop = klass.__dict__.get("_djat_class_loop")
+    class_loop = klass.__dict__.get("_djat_class_loop")
     for name in ("_djat_set_up", "_djat_lost"):
         if name in klass.__dict__:
             delattr(klass, name)
     unused = take_next_pre_setup(klass)
     try:
         try:
-            if loop is not None:
+            if class_loop is not None:
                 _within_timeout(
-                    loop.run, loop.loop.loop, _class_ending(klass), klass, "asyncTearDownClass"
+                    class_loop.run,
+                    class_loop.loop.loop,
+                    _class_ending(klass),
+                    klass,
+                    "asyncTearDownClass",
                 )
         finally:
             db.call(_undo_unused_pre_setup, unused)
