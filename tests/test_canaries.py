@@ -141,7 +141,9 @@ def test_uvicorn_protocols_as_the_live_server_makes_them() -> None:
 def test_asgiref_routes_thread_sensitive_calls_by_loop() -> None:
     """_routing.route_loop registers the DB thread for tasks of a context of their own."""
     assert isinstance(AsyncToSync.loop_thread_executors, dict)
-    body = source(SyncToAsync.__call__)
+    from djasynctest._routing import _stock_call
+
+    body = source(_stock_call)
     assert "elif loop in AsyncToSync.loop_thread_executors:" in body
     assert "executor = AsyncToSync.loop_thread_executors[loop]" in body
 
@@ -182,3 +184,40 @@ def test_asgiref_tags_local_values_with_their_thread() -> None:
     worker.start()
     worker.join()
     assert seen == {"plain": None, "claimed": "set here"}
+
+
+def test_asgiref_call_as_the_lean_hop_mirrors_it() -> None:
+    """_routing._lean_call does what SyncToAsync.__call__ and thread_handler do, for a
+    thread-sensitive call that asgiref would send to the DB thread.
+
+    When one of these lines changes, compare the new __call__ with _lean_call:
+    the executor it picks, what it sets on the worker thread, how it handles
+    cancellation and the context.
+    """
+    from djasynctest import _routing
+
+    assert SyncToAsync.__call__ is _routing._lean_call
+    call = source(_routing._stock_call)
+    for line in (
+        'current_thread_executor = getattr(AsyncToSync.executors, "current", None)',
+        "elif self.thread_sensitive_context.get(None):",
+        "if thread_sensitive_context._exited:",
+        "executor = self.context_to_thread_executor[thread_sensitive_context]",
+        "elif loop in AsyncToSync.loop_thread_executors:",
+        "context = contextvars.copy_context() if self.context is None else self.context",
+        "_restore_context(context)",
+        "ret = await asyncio.shield(exec_coro)",
+        "task = task_context[0]",
+        "cancel_parent = False",
+        "ret = await exec_coro",
+    ):
+        assert line in call, line
+    handler = source(SyncToAsync.thread_handler)
+    for line in (
+        "self.threadlocal.main_event_loop = loop",
+        "self.threadlocal.main_event_loop_pid = os.getpid()",
+        "self.threadlocal.task_context = task_context",
+        "raise exc_info[1]",
+    ):
+        assert line in handler, line
+    assert "task_context.append(current_task)" in source(AsyncToSync.main_wrap)

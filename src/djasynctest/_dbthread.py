@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from typing_extensions import ParamSpec
 
 from djasynctest._affinity import unpinned
-from djasynctest._routing import asgirefs_own_executor, forget_event_loop
+from djasynctest._routing import asgirefs_own_executor, forget_event_loop, lean_executor
 from djasynctest._watchdog import now
 
 __unittest = True
@@ -93,6 +93,7 @@ def outcome(future: Future[T]) -> T:
     return future.result()
 
 
+@lean_executor
 class DBThread(Executor):
     """A single daemon thread that runs submitted callables one at a time."""
 
@@ -117,11 +118,11 @@ class DBThread(Executor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Queue ``fn``; from a running event loop, the result is an ``asyncio.Future``.
 
-        ``loop.run_in_executor`` (which asgiref's ``sync_to_async`` uses) takes
-        an asyncio future as it is. Completing it from this thread with one
-        ``call_soon_threadsafe`` saves the ``concurrent.futures.Future``, its
-        locks and the second callback of the usual executor: this is the hot
-        path of every async ORM call.
+        The lean hop (``_routing._lean_call``, every async ORM call) awaits it;
+        ``loop.run_in_executor`` takes it as it is too. Completing it from this
+        thread with one ``call_soon_threadsafe`` saves the
+        ``concurrent.futures.Future``, its locks and the second callback of the
+        usual executor.
         """
         loop = asyncio._get_running_loop()
         if loop is not None and self.is_current():

@@ -34,6 +34,22 @@ the thread that wrote it and hides it from every other thread, except where it
 moves work itself (``sync_to_async``, ``async_to_sync``), where it re-homes
 the values to the thread that takes the context over. ``run_in`` and
 ``claim_locals`` do the same at each of our hand-overs.
+
+The lean hop: asgiref's ``SyncToAsync.__call__`` wraps each call for a
+general executor (``run_in_executor``, a ``concurrent.futures.Future`` chained
+to an asyncio one, ``asyncio.shield``: one more loop iteration), which costs
+more than handing the work to the DB thread itself. ``_lean_call`` replaces it
+in the process: a call that asgiref would send to an executor registered with
+``lean_executor`` (the DB thread, whose ``submit`` completes an asyncio future
+with one ``call_soon_threadsafe``) takes one future and one wake-up each way;
+every other call is asgiref's own. It keeps what asgiref's does: the
+executor it picks (routes 1 to 4 above, and the error of a task that outlived
+its ``ThreadSensitiveContext``), the context and ``Local`` values carried both
+ways, the loop remembered for ``async_to_sync`` inside, the exception being
+handled, the traceback down to the sync code, and cancellation (the call
+returns at once while the sync code finishes, and a coroutine that
+``async_to_sync`` runs for it is cancelled too). ``tests/test_hop.py`` runs
+each of these through both and compares.
 """
 
 from __future__ import annotations
@@ -41,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -179,3 +196,123 @@ def adopt(context: contextvars.Context) -> list[contextvars.Token[Any]]:
         tokens.append(var.set(value))
     claim_locals()
     return tokens
+
+
+# The lean hop -------------------------------------------------------------
+
+_LEAN_EXECUTORS: set[type] = set()
+_stock_call = SyncToAsync.__call__
+
+
+def lean_executor(cls: type[Executor]) -> type[Executor]:
+    """Class decorator: ``cls.submit``, called from a loop, returns an ``asyncio.Future``
+    that its thread completes; thread-sensitive calls routed to it take the lean hop."""
+    _LEAN_EXECUTORS.add(cls)
+    return cls
+
+
+def _lean_executor_for(call: SyncToAsync[Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
+    # asgiref's choice of thread (SyncToAsync.__call__), up to where it finds a
+    # lean executor; None where asgiref would choose anything else.
+    if not call._thread_sensitive or getattr(AsyncToSync.executors, "current", None) is not None:
+        return None
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    if context is not None:
+        if context._exited:
+            return None  # asgiref raises its error
+        executor = SyncToAsync.context_to_thread_executor.get(context)
+    else:
+        executor = AsyncToSync.loop_thread_executors.get(loop)
+    return executor if type(executor) in _LEAN_EXECUTORS else None
+
+
+async def _lean_call(self: SyncToAsync[Any, Any], *args: Any, **kwargs: Any) -> Any:
+    """``SyncToAsync.__call__``, for a call routed to a lean executor: one future, no
+    executor wrapping, no shield; what asgiref guarantees kept (see the module's notes)."""
+    __tracebackhide__ = True
+    loop = asyncio.get_running_loop()
+    executor = _lean_executor_for(self, loop)
+    if executor is None:
+        return await _stock_call(self, *args, **kwargs)
+    context = contextvars.copy_context() if self.context is None else self.context
+    task_context: list[asyncio.Task[Any]] = []
+    outcome: list[Any] = []
+    future = executor.submit(
+        _lean_job, loop, sys.exc_info(), task_context, context, outcome, self.func, args, kwargs
+    )
+    if not isinstance(future, asyncio.Future):
+        # A forked child's executor hands the work to asgiref's own thread.
+        future = asyncio.wrap_future(future)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        # As asgiref: cancel the task that async_to_sync runs for the sync
+        # code, if any; if that task does not end cancelled, the sync code goes
+        # on, and its outcome is the call's.
+        if not task_context or (future.done() and not future.cancelled()):
+            raise
+        task = task_context[0]
+        task.cancel()
+        await task  # raises if it ended cancelled
+        if outcome:
+            raise  # the sync code had returned already: cancelled, as asgiref's
+        await executor.submit(int)  # the DB thread runs one job at a time: ours is done
+        if outcome[0]:
+            raise outcome[1] from None
+        return outcome[1]
+    finally:
+        if self.context is None:
+            _take_back(context)
+
+
+def _lean_job(
+    loop: asyncio.AbstractEventLoop,
+    exc_info: Any,
+    task_context: list[asyncio.Task[Any]],
+    context: contextvars.Context,
+    outcome: list[Any],
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    # The lean executor's thread: what asgiref's thread_handler does.
+    __tracebackhide__ = True
+    threadlocal = SyncToAsync.threadlocal
+    threadlocal.main_event_loop = loop
+    threadlocal.main_event_loop_pid = os.getpid()
+    threadlocal.task_context = task_context
+    try:
+        if exc_info[1] is not None:
+            # Run inside the except block, so that sys.exc_info() is the caller's.
+            try:
+                raise exc_info[1]
+            except BaseException:
+                result = context.run(_claimed, func, args, kwargs)
+        else:
+            result = context.run(_claimed, func, args, kwargs)
+    except BaseException as exc:
+        outcome[:] = (True, exc)
+        raise
+    outcome[:] = (False, result)
+    return result
+
+
+def _take_back(context: contextvars.Context) -> None:
+    """M, after the call: what the sync code set in ``context`` is set here, and the
+    ``Local`` values are this thread's again (asgiref's ``_restore_context``)."""
+    ident = threading.get_ident()
+    for var, value in context.items():
+        if _Storage is not None and type(value) is _Storage and value.thread_id != ident:
+            value = _Storage(ident, value.data)
+        elif var.get(_MISSING) is value:
+            continue
+        var.set(value)
+    _CLAIMED_BY.set(ident)
+
+
+_MISSING = object()
+
+
+# For every thread-sensitive call of the process: those that go anywhere but to a
+# lean executor find asgiref's own __call__ (one check more).
+SyncToAsync.__call__ = _lean_call  # type: ignore[method-assign]
