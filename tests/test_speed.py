@@ -1,7 +1,8 @@
-"""What makes tests fast must keep them right: CPU affinity."""
+"""What makes tests fast must keep them right: CPU affinity, one hand-over per sync test."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from djasynctest._affinity import pin_together
 from djasynctest._dbthread import db_thread
 from tests import children
 from tests.testapp.models import Item
-from tests.utils import assert_passed, run_case
+from tests.utils import assert_passed, run_case, thread
 
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 needs_affinity = pytest.mark.skipif(len(CPUS) < 2, reason="needs sched_setaffinity and 2+ CPUs")
@@ -157,3 +158,38 @@ def test_threads_and_processes_a_test_starts_get_the_processs_cpus() -> None:
         "spawned": everything,
         "forkserver": everything,
     }
+
+
+@pytest.mark.parametrize("loop_scope", ["test", "class"])
+def test_a_sync_test_is_handed_to_the_db_thread_once(loop_scope: str) -> None:
+    """Its hooks, body, cleanups and rollback run there in one job; the next test's set-up
+    is the only other. Async code that turns up still runs on the loop."""
+    jobs: list[int] = []
+    seen: list[tuple[str, int]] = []
+
+    class AllSync(AsyncTestCase):
+        def setUp(self) -> None:
+            jobs.append(db_thread().jobs_started)
+            Item.objects.create(name="set up")
+            self.addCleanup(lambda: Item.objects.create(name="cleanup"))
+
+        def test_1(self) -> None:
+            Item.objects.create(name="test")
+
+        def test_2(self) -> None:
+            async def async_cleanup() -> None:
+                seen.append((thread(), await Item.objects.acount()))
+
+            self.addAsyncCleanup(async_cleanup)
+
+        def test_3(self) -> None:
+            self.assertEqual(Item.objects.count(), 1)
+
+        def tearDown(self) -> None:
+            seen.append((thread(), Item.objects.count()))
+
+    AllSync.loop_scope = loop_scope  # type: ignore[assignment]
+    assert_passed(run_case(AllSync), 3)
+    # test_2's async cleanup makes one ORM call: one job more.
+    assert [later - earlier for earlier, later in itertools.pairwise(jobs)] == [2, 3]
+    assert seen == [("db", 2), ("db", 1), ("main", 1), ("db", 1)]

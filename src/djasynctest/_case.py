@@ -157,6 +157,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_reset()
 
     def _djat_reset(self) -> None:
+        self._djat_all_sync: bool | None = None
         self._djat_pre_setup = None
         self._djat_routing = None
         self._djat_teardown_due = False
@@ -179,10 +180,38 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def run(self, result: unittest.TestResult | None = None) -> unittest.TestResult | None:
         try:
+            if self._djat_is_all_sync() and self._djat_options_now().timeout is None:
+                return _off_db_thread(self._djat_run_on_db_thread, result)
             return _off_db_thread(super().run, result)
         except KeyboardInterrupt:
             stop_db_thread_on_interrupt()
             raise
+
+    def _djat_run_on_db_thread(
+        self, result: unittest.TestResult | None
+    ) -> unittest.TestResult | None:
+        """M: a test whose code is all sync runs on D from start to end, in one hand-over.
+
+        unittest's ``run`` then calls every hook, the test, the cleanups and
+        the rollback where they are (see ``_djat_call``); async code that turns
+        up (an async cleanup) is sent back here, to the loop (``ask_caller``).
+        With a timeout, the test takes the usual way, where this thread waits
+        for each part with the deadline.
+        """
+        self._setupAsyncioRunner()
+        try:
+            return outcome(db_thread().submit_hosted(unittest.TestCase.run, self, result))
+        finally:
+            self._tearDownAsyncioRunner()
+
+    def _djat_options_now(self) -> Options:
+        return type(self).__dict__.get("_djat_options") or options(type(self))
+
+    def _djat_is_all_sync(self) -> bool:
+        """Whether the test method and its hooks are all plain functions (see _all_sync)."""
+        if self._djat_all_sync is None:
+            self._djat_all_sync = _all_sync(self)
+        return self._djat_all_sync
 
     def debug(self) -> None:
         _off_db_thread(self._djat_debug)
@@ -238,7 +267,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                     pending = Future()
                     pending.set_exception(exc)
             self._djat_pre_setup = pending
-        opts = self._djat_options = cls.__dict__.get("_djat_options") or options(cls)
+        opts = self._djat_options = self._djat_options_now()
         context = class_context(cls)
         if context is not None:
             # What the class's hooks set, for this test alone.
@@ -256,11 +285,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                     loop_factory=opts.loop_factory,
                 )
             )
-        elif not _all_sync(self):
+        elif not self._djat_is_all_sync():
             # A loop of its own (also for a test run outside its class's set-up,
             # which shares no class loop), made now, while D works. A test whose
-            # code is all sync gets one only if async code turns up (_djat_loop_now).
+            # code is all sync gets one only if async code turns up.
             self._djat_use(self._djat_new_loop())
+        self._djat_run = Run(
+            self._djat_loop, opts, str(self), warn=functools.partial(warn_at_test, self)
+        )
 
     def _djat_new_loop(self) -> Loop:
         opts = self._djat_options
@@ -269,6 +301,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         )
 
     def _djat_use(self, loop: Loop) -> None:
+        # M.
         self._djat_loop = loop
         self._asyncioRunner = loop.runner
         if self._djat_run is not None:
@@ -308,10 +341,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         return True
 
     def _djat_roll_back(self) -> None:
-        # M. No timeout may cut the rollback short; but after a timeout, the DB
-        # thread may be stuck in the test's sync code, and is then abandoned
-        # (which ends the transactions from outside).
+        # M (or D, for a test run there whole). No timeout may cut the rollback
+        # short; but after a timeout, the DB thread may be stuck in the test's
+        # sync code, and is then abandoned (which ends the transactions from outside).
         db, deadline = db_thread(), self._djat_deadline
+        if db.is_current():
+            run_in(self._asyncioTestContext, self._djat_post_teardown)
+            return
         if db.abandoned_by != str(self):
             job = db.submit(run_in, self._asyncioTestContext, self._djat_post_teardown)
             if deadline is not None and deadline.report is not None:
@@ -322,20 +358,18 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_teardown_due = False
 
     def _callSetUp(self) -> None:
-        # M.
+        # M, or D for a test run there whole (_djat_run_on_db_thread).
         pending, self._djat_pre_setup = self._djat_pre_setup, None
         if pending is not None:
-            outcome(pending)
+            _finish(pending)
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
-        self._djat_routing = self._asyncioTestContext.run(enter_routing, db_thread())
+        if not (self._djat_is_all_sync() and class_context(type(self)) is not None):
+            # A test that runs async code routes its own context, and exits it when
+            # it ends: a task it left behind cannot write into the next test. A sync
+            # test's context is a copy of its class's, which is routed already.
+            self._djat_routing = self._asyncioTestContext.run(enter_routing, db_thread())
         opts = self._djat_options
-        self._djat_run = Run(
-            self._djat_loop,
-            opts,
-            str(self),
-            warn=functools.partial(warn_at_test, self),
-        )
         if opts.leak_checks:
             self.addCleanup(self._djat_check_leaks)
         self._djat_before_hooks()
@@ -371,7 +405,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _callCleanup(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         if function == self._djat_check_leaks:
-            function()  # M: it looks at the loop and the threads, not the database
+            function()  # here: it looks at the loop and the threads, not the database
         elif function == self._djat_post_teardown:
             self._djat_roll_back()
         else:
@@ -450,6 +484,11 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     ) -> Any:
         # M: runs the loop until coro is done, watched by the diagnostics.
         __tracebackhide__ = True
+        db = db_thread()
+        if db.is_current():
+            # A test run on D whole (_djat_run_on_db_thread): M waits for it, and
+            # runs this for it.
+            return db.ask_caller(functools.partial(self._djat_run_coroutine, coro, context))
         run = self._djat_run
         assert run is not None, "the test is not set up"
         if self._djat_loop is None:
@@ -457,7 +496,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         return run.run(coro, context or self._asyncioTestContext)
 
     def _djat_check_leaks(self) -> None:
-        # M, with the loop stopped, after the user's cleanups and before the rollback.
+        # M (or D), with the loop stopped, after the user's cleanups and before the rollback.
         if self._djat_run is not None:
             self._djat_run.check_leaks()
 
@@ -584,6 +623,15 @@ def _off_db_thread(func: Callable[..., T], /, *args: Any) -> T:
     threading.Thread(target=run_test, name="djasynctest-nested-test", daemon=True).start()
     db.serve_until(ran)
     return outcome(ran)
+
+
+def _finish(job: Future[Any]) -> None:
+    """Wait for a DB thread job, also from the DB thread (running the queue meanwhile)."""
+    __tracebackhide__ = True
+    db = db_thread()
+    if db.is_current() and not job.done():
+        db.serve_until(job)
+    outcome(job)
 
 
 def _is_skipped(case: unittest.TestCase) -> bool:

@@ -171,11 +171,15 @@ def _set_up_class(
         klass._djat_unpin = pin_together(db.thread.native_id)
     set_up = _rolled_back_on_failure(_with_runner_state(func), klass)
     context = klass._djat_context = contextvars.copy_context()
+    # Thread-sensitive calls made in the class's context, and in its tests'
+    # (copies of it), go to D, until the class is done; a test that runs async
+    # code routes its own context too (see AsyncTestMixin._callSetUp).
+    klass._djat_class_routing = context.run(enter_routing, db)
     # M runs an event loop while D sets the class up, so that an async
     # setUpTestData, called by Django through async_to_sync on D, runs here on
     # M with its ORM calls sent back to D. sync_to_async takes the class
     # context to D and brings what the hooks set back into it.
-    call = _on_db_thread_from_loop(db, set_up, klass, *args, **kwargs)
+    call = _on_db_thread_from_loop(set_up, klass, *args, **kwargs)
     loop = loop_for(
         opts.loop_scope, klass.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
     )
@@ -192,7 +196,7 @@ def _set_up_class(
             finally:
                 loop.close()
         else:
-            class_loop = klass._djat_class_loop = ClassLoop(db, context, loop)
+            class_loop = klass._djat_class_loop = ClassLoop(context, loop)
             try:
                 result = _within_timeout(class_loop.run, loop.loop, call, klass, "setUpClass")
                 _within_timeout(
@@ -228,14 +232,13 @@ async def _class_ending(klass: Any) -> None:
 
 
 class ClassLoop:
-    """The loop of a class whose ``loop_scope`` is not ``"test"`` (M), with the class's
-    context routed to the DB thread, so that global async clients made in
-    ``asyncSetUpClass`` can reach the ORM too."""
+    """The loop of a class whose ``loop_scope`` is not ``"test"`` (M), running in the
+    class's context (routed to the DB thread, so that global async clients made in
+    ``asyncSetUpClass`` can reach the ORM too)."""
 
-    def __init__(self, db: DBThread, context: contextvars.Context, loop: Loop) -> None:
+    def __init__(self, context: contextvars.Context, loop: Loop) -> None:
         self.loop = loop
         self.context = context
-        self._routing = context.run(enter_routing, db)
         loop.users += 1
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -245,11 +248,8 @@ class ClassLoop:
     def close(self) -> None:
         """M, after the class's last hook: a loop of a module or the session lives on."""
         self.loop.users -= 1
-        try:
-            self.context.run(exit_routing, self._routing)
-        finally:
-            if self.loop.scope in ("test", "class"):
-                self.loop.close()
+        if self.loop.scope in ("test", "class"):
+            self.loop.close()
 
 
 def _within_timeout(
@@ -449,8 +449,14 @@ def _class_done(klass: Any) -> None:
 
 def _forget_class_context(klass: Any) -> None:
     # M, after the class's last hook: nothing of it reaches the next class.
-    if "_djat_context" in klass.__dict__:
-        del klass._djat_context
+    context = klass.__dict__.get("_djat_context")
+    if context is None:
+        return
+    del klass._djat_context
+    routing = klass.__dict__.get("_djat_class_routing")
+    if routing is not None:
+        del klass._djat_class_routing
+        context.run(exit_routing, routing)
 
 
 def _close_class_loop(klass: Any) -> None:
@@ -471,14 +477,9 @@ def _defines(klass: type, name: str) -> bool:
     return not getattr(getattr(klass, name), "_djat_default", False)
 
 
-async def _on_db_thread_from_loop(
-    db: DBThread, func: Callable[..., Any], /, *args: Any, **kwargs: Any
-) -> Any:
-    routing = enter_routing(db)
-    try:
-        return await sync_to_async(func)(*args, **kwargs)
-    finally:
-        exit_routing(routing)
+async def _on_db_thread_from_loop(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    # In the class's context, which routes to D.
+    return await sync_to_async(func)(*args, **kwargs)
 
 
 def _with_runner_state(func: Callable[..., T]) -> Callable[..., T]:
