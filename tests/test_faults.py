@@ -390,6 +390,25 @@ def test_db_thread_that_stops_fails_its_class_clearly_and_the_next_class_runs() 
     assert leftover_rows() == {"items": [], "orders": 0}
 
 
+def test_a_sync_test_after_the_db_thread_stopped_fails_with_the_cause() -> None:
+    class Stops(AsyncTestCase):
+        def test_1_stops(self) -> None:
+            db_thread().stop(timeout=0)  # as if the thread had died after this test
+
+        def test_2_sync(self) -> None:
+            raise AssertionError("must not run")
+
+    result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(Stops))
+
+    problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+    # The first loses its rollback with the thread; the rest of the class cannot run.
+    assert set(problems) == {"test_1_stops", "test_2_sync", "tearDownClass"}, problems
+    for name in problems:
+        assert "RuntimeError: The djasynctest DB thread has stopped" in problems[name]
+    assert CleanAfterwards.seen == [0]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_code_stuck_forever_is_abandoned_with_its_db_thread_and_later_classes_run(
     kind: str, monkeypatch: pytest.MonkeyPatch

@@ -180,7 +180,11 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def run(self, result: unittest.TestResult | None = None) -> unittest.TestResult | None:
         try:
-            if self._djat_is_all_sync() and self._djat_options_now().timeout is None:
+            if (
+                self._djat_is_all_sync()
+                and self._djat_options_now().timeout is None
+                and not db_thread().stopped  # the usual way reports why, test by test
+            ):
                 return _off_db_thread(self._djat_run_on_db_thread, result)
             return _off_db_thread(super().run, result)
         except KeyboardInterrupt:
