@@ -254,8 +254,6 @@ async def _lean_call(self: SyncToAsync[Any, Any], *args: Any, **kwargs: Any) -> 
         task = task_context[0]
         task.cancel()
         await task  # raises if it ended cancelled
-        if outcome:
-            raise  # the sync code had returned already: cancelled, as asgiref's
         await executor.submit(int)  # the DB thread runs one job at a time: ours is done
         if outcome[0]:
             raise outcome[1] from None
