@@ -33,7 +33,7 @@ from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from djasynctest._affinity import pin_together
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
-from djasynctest._dbthread import DBThread, db_thread
+from djasynctest._dbthread import DBThread, db_thread, outcome
 from djasynctest._dbtools import (
     connect_receivers,
     connection_state,
@@ -175,6 +175,15 @@ def _set_up_class(
     # (copies of it), go to D, until the class is done; a test that runs async
     # code routes its own context too (see AsyncTestMixin._callSetUp).
     klass._djat_class_routing = context.run(enter_routing, db)
+    if opts.loop_scope == "test" and not isinstance(
+        inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData
+    ):
+        # Nothing async to run at class level: D sets the class up in the
+        # class's context, in one hand-over.
+        job = db.submit_hosted(run_in, context, set_up, klass, *args, **kwargs)
+        result = _within_timeout_sync(job, klass, "setUpClass")
+        klass._djat_set_up = True
+        return result
     # M runs an event loop while D sets the class up, so that an async
     # setUpTestData, called by Django through async_to_sync on D, runs here on
     # M with its ORM calls sent back to D. sync_to_async takes the class
@@ -276,6 +285,16 @@ def _within_timeout(
         deadline.cancel()
 
 
+def _within_timeout_sync(job: Future[T], klass: Any, hook: str) -> T:
+    """M: the outcome of ``job`` (D's), failing with ``TestTimeout`` after the class's
+    ``timeout``."""
+    __tracebackhide__ = True
+    timeout = klass._djat_options.timeout
+    if timeout is None:
+        return outcome(job)
+    return Deadline(None, timeout, f"{klass.__qualname__}.{hook}", label=hook).result(job)
+
+
 def _rolled_back_on_failure(func: Callable[..., T], klass: Any) -> Callable[..., T]:
     @functools.wraps(func)
     def set_up(*args: Any, **kwargs: Any) -> T:
@@ -339,14 +358,32 @@ def _tear_down_class(
                     "asyncTearDownClass",
                 )
         finally:
-            db.call(_undo_unused_pre_setup, unused)
-            try:
-                result = _call_in_class_context(db, func, klass, *args, **kwargs)
-            finally:
-                db.call(undo_class_set_up, klass)
+            result = db.call(
+                _tear_down_on_db_thread, unused, class_context(klass), func, klass, args, kwargs
+            )
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "tearDownClass") from exc
     return result
+
+
+def _tear_down_on_db_thread(
+    unused: Future[Any] | None,
+    context: contextvars.Context | None,
+    func: Callable[..., T],
+    klass: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    # D, in one hand-over: undo the set-up queued for a next test that never came,
+    # run tearDownClass (in the class's context), and end the class atomics.
+    __tracebackhide__ = True
+    _undo_unused_pre_setup(unused)
+    try:
+        if context is None:
+            return func(klass, *args, **kwargs)
+        return run_in(context, func, klass, *args, **kwargs)
+    finally:
+        undo_class_set_up(klass)
 
 
 def check_class_transaction(case: Any) -> None:
