@@ -221,3 +221,24 @@ def test_asgiref_call_as_the_lean_hop_mirrors_it() -> None:
     ):
         assert line in handler, line
     assert "task_context.append(current_task)" in source(AsyncToSync.main_wrap)
+
+
+def test_asyncio_runner_run_as_run_on_mirrors_it() -> None:
+    """_loop.run_on does what asyncio.Runner.run does, with a handler of its own for Ctrl-C.
+
+    When one of these lines changes, compare the new Runner.run with run_on.
+    """
+    import asyncio
+
+    run = source(asyncio.Runner.run)
+    for line in (
+        "task = self._loop.create_task(coro, context=context)",
+        "and signal.getsignal(signal.SIGINT) is signal.default_int_handler",
+        "sigint_handler = functools.partial(self._on_sigint, main_task=task)",
+        "self._interrupt_count = 0",
+        "return self._loop.run_until_complete(task)",
+        'uncancel = getattr(task, "uncancel", None)',
+        "signal.signal(signal.SIGINT, signal.default_int_handler)",
+    ):
+        assert line in run, line
+    assert "def _on_sigint(self, signum, frame, main_task):" in source(asyncio.Runner)
