@@ -268,8 +268,17 @@ def thirdparty(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more;
     on SQLite in memory, then (shorter) on PostgreSQL when a server is reachable."""
+    # pip, and django-filter's requirements: its published suite is timed too.
     session.install(
-        DJANGOS["6.1"], "-e", ".", "-r", "tests/requirements.txt", "psycopg[binary]>=3.1"
+        DJANGOS["6.1"],
+        "-e",
+        ".",
+        "-r",
+        "tests/requirements.txt",
+        "psycopg[binary]>=3.1",
+        "pip",
+        "djangorestframework==3.18.3",
+        "pytz",
     )
     session.run("python", "bench/run.py", *session.posargs)
     session.run("python", "bench/plot.py")

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.metadata
 import json
 import os
 import platform
+import random
 import resource
 import subprocess
 import sys
@@ -55,6 +57,8 @@ from tests.dbconfig import BACKEND  # noqa: E402
 from tests.testapp.models import Item  # noqa: E402
 
 Body = Callable[..., Any]
+# ORM calls in each test of the kind "orm20".
+CALLS = 20
 
 
 def bodies(kind: str, is_async: bool) -> dict[str, Any]:
@@ -105,6 +109,19 @@ def bodies(kind: str, is_async: bool) -> dict[str, Any]:
                 assert Item.objects.get(name="row-7").name == "row-7"
 
         return {"setUpTestData": set_up_test_data, "test": test}
+    if kind == "orm20":
+        if is_async:
+
+            async def test(self: Any) -> None:
+                for _ in range(CALLS):
+                    await Item.objects.acount()
+        else:
+
+            def test(self: Any) -> None:
+                for _ in range(CALLS):
+                    Item.objects.count()
+
+        return {"test": test}
     if kind == "client":
         if is_async:
 
@@ -134,7 +151,17 @@ FLAVOURS: dict[str, tuple[type, bool, dict[str, Any]]] = {
         {"loop_scope": "class", "cpu_affinity": False},
     ),
 }
-KINDS = ["trivial", "orm", "testdata", "client"]
+KINDS = ["trivial", "orm", "orm20", "testdata", "client"]
+# What a user's suite is: classes of every kind and flavour, one after another in a
+# random order, each run as Django's runner runs it.
+MIXED_FLAVOURS = [
+    "TestCase (sync)",
+    "TestCase (async def)",
+    "AsyncTestCase, loop per test",
+    "AsyncTestCase, loop per class",
+    "AsyncTestCase, sync test",
+]
+MIXED_KINDS = ["trivial", "orm", "orm20"]
 
 # (kind, flavour): the most it may cost, as a ratio to the sync TestCase test.
 TARGETS = {
@@ -149,6 +176,19 @@ TARGETS = {
 }
 # kind: how much faster than Django's own async def test, at least (loop per test).
 AHEAD_OF_DJANGO = {"trivial": 1.5, "orm": 1.25}
+# In the mixed suite: (kind, flavour): the most it may cost, as a ratio to the sync test.
+MIXED_TARGETS = {
+    ("trivial", "AsyncTestCase, loop per class"): 2.0,
+    ("trivial", "AsyncTestCase, sync test"): 1.1,
+    ("orm", "AsyncTestCase, sync test"): 1.1,
+}
+# In the mixed suite, trivial test: faster than Django's async def test, at least (loop
+# per class).
+MIXED_AHEAD_OF_DJANGO = 2.0
+# One awaited ORM call, over the same call in a sync test: at most, in microseconds; and
+# at least how many times less than Django's own async def test's extra cost.
+CALL_EXTRA_US = 40.0
+CALL_AHEAD_OF_DJANGO = 3.0
 # A loop for the whole run costs no more per test than one per class (noise allowed).
 SESSION_AT_MOST_CLASS = 1.05
 
@@ -188,14 +228,10 @@ def run_suite(case: type | unittest.TestSuite) -> float:
 def per_test_costs(count: int, rounds: int, per_class: int) -> dict[str, dict[str, float]]:
     classes = {}
     for kind in KINDS:
-        for flavour, (base, is_async, extra) in FLAVOURS.items():
+        for flavour, (base, _, _) in FLAVOURS.items():
             if base is unittest.IsolatedAsyncioTestCase and kind != "trivial":
                 continue  # without Django's isolation, only the trivial test compares
-            attrs = bodies(kind, is_async)
-            if base is django.test.TestCase and "setUp" in attrs:
-                # Django's TestCase calls setUp synchronously, even for async tests.
-                attrs["setUp"] = bodies(kind, False)["setUp"]
-            classes[kind, flavour] = (base, {**attrs, **extra})
+            classes[kind, flavour] = flavour_attrs(kind, flavour)
     best: dict[tuple[str, str], float] = {}
     for _ in range(rounds):
         for key, (base, attrs) in classes.items():
@@ -207,6 +243,111 @@ def per_test_costs(count: int, rounds: int, per_class: int) -> dict[str, dict[st
     for (kind, flavour), cost in best.items():
         table.setdefault(kind, {})[flavour] = cost
     return table
+
+
+def flavour_attrs(kind: str, flavour: str) -> tuple[type, dict[str, Any]]:
+    base, is_async, extra = FLAVOURS[flavour]
+    attrs = bodies(kind, is_async)
+    if base is django.test.TestCase and "setUp" in attrs:
+        # Django's TestCase calls setUp synchronously, even for async tests.
+        attrs["setUp"] = bodies(kind, False)["setUp"]
+    return base, {**attrs, **extra}
+
+
+def mixed_suite_costs(count: int, rounds: int, per_class: int) -> dict[str, dict[str, float]]:
+    """Per-test cost of each flavour in a suite that mixes them all, as a user's does.
+
+    Classes of every kind and flavour run one at a time in a random order
+    (``loadTestsFromTestCase(cls).run(result)``, as Django's runner runs a
+    class), each timed on its own; a flavour's cost is the sum of its classes'
+    times over its tests, the best of ``rounds`` shuffles.
+    """
+    rng = random.Random(20)
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(rounds):
+        classes = [
+            ((kind, flavour), make_class(*flavour_attrs(kind, flavour), per_class))
+            for kind in MIXED_KINDS
+            for flavour in MIXED_FLAVOURS
+            for _ in range(max(1, count // per_class))
+        ]
+        rng.shuffle(classes)
+        spent: dict[tuple[str, str], float] = {}
+        tests: dict[tuple[str, str], int] = {}
+        gc.collect()
+        for key, case in classes:
+            suite = unittest.defaultTestLoader.loadTestsFromTestCase(case)
+            result = unittest.TestResult()
+            start = time.perf_counter()
+            suite.run(result)
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+            if not result.wasSuccessful():
+                raise RuntimeError(f"{key} failed: {(result.errors + result.failures)[0][1]}")
+            tests[key] = tests.get(key, 0) + result.testsRun
+        for key, total in spent.items():
+            cost = total / tests[key]
+            best[key] = min(cost, best.get(key, cost))
+    table: dict[str, dict[str, float]] = {}
+    for (kind, flavour), cost in best.items():
+        table.setdefault(kind, {})[flavour] = cost
+    return {kind: {f: table[kind][f] for f in MIXED_FLAVOURS} for kind in MIXED_KINDS}
+
+
+def call_extra_costs(per_test: dict[str, dict[str, float]]) -> dict[str, float]:
+    """What one awaited ORM call costs over the same call in a sync test, per flavour.
+
+    From the ``orm20`` and ``trivial`` kinds of the same run: (orm20 - trivial)
+    is what the test's ``CALLS`` calls cost in that flavour; the sync test's
+    figure is subtracted, and the rest divided by ``CALLS``.
+    """
+    sync = per_test["orm20"]["TestCase (sync)"] - per_test["trivial"]["TestCase (sync)"]
+    return {
+        flavour: ((cost - per_test["trivial"][flavour]) - sync) / CALLS
+        for flavour, cost in per_test["orm20"].items()
+        if flavour != "TestCase (sync)" and FLAVOURS[flavour][1]
+    }
+
+
+PUBLISHED = ("django-filter", "26.2")
+
+
+def published_suite_costs(rounds: int) -> dict[str, float] | None:
+    """Wall time of a published suite (django-filter's, under Django's runner) as
+    published and with our classes swapped in (docs/howto/try-a-suite.rst),
+    interleaved, the best of ``rounds``; None where its requirements are missing."""
+    sys.path.insert(0, str(ROOT / "tests" / "conformance"))
+    from thirdparty import SUITES, sdist
+
+    [suite] = [suite for suite in SUITES if (suite.name, suite.version) == PUBLISHED]
+    try:
+        for requirement in suite.requirements:
+            importlib.metadata.version(requirement.split("=")[0])
+    except importlib.metadata.PackageNotFoundError:
+        print(f"{suite.name}'s requirements are not installed: its suite is not timed")
+        return None
+    cache = Path(tempfile.gettempdir()) / "djasynctest-thirdparty"
+    source = sdist(suite.name, suite.version, cache)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "conformance" / "swap"), str(source)]),
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    commands = {
+        "published": [sys.executable, "runtests.py", "--noinput"],
+        "swapped": [
+            sys.executable,
+            str(ROOT / "tests" / "conformance" / "swap" / "swapped_runtests.py"),
+            "--noinput",
+        ],
+    }
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, cwd=source, env=env, check=True, capture_output=True)
+            elapsed = time.perf_counter() - start
+            best[name] = min(elapsed, best.get(name, elapsed))
+    return best
 
 
 def live_server_costs(count: int, rounds: int) -> dict[str, float]:
@@ -524,8 +665,13 @@ def print_ratios(costs: dict[str, float], reference: str, *, width: int) -> None
         print(f"  {flavour:{width}} {cost * 1e3:7.3f} ms  {cost / base:5.2f}x")
 
 
-def target_lines(per_test: dict[str, dict[str, float]]) -> list[str]:
-    """Each target of TARGETS and AHEAD_OF_DJANGO, with the ratio measured, met or missed."""
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def target_lines(results: dict[str, Any]) -> list[str]:
+    """Each target, with the figure measured, met or missed."""
+    per_test = results["per_test"]
     lines = []
     for (kind, flavour), most in TARGETS.items():
         ratio = per_test[kind][flavour] / per_test[kind]["TestCase (sync)"]
@@ -548,6 +694,37 @@ def target_lines(per_test: dict[str, dict[str, float]]) -> list[str]:
             f"{kind:8} {'one loop for the run vs per class':36} "
             f"{ratio:5.2f}x (<= {SESSION_AT_MOST_CLASS:.2f}x)  {verdict}"
         )
+    extra = results["call_extra"]
+    ours, theirs = extra["AsyncTestCase, loop per class"], extra["TestCase (async def)"]
+    lines.append(
+        f"{'orm20':8} {'one awaited call over sync (class loop)':36} "
+        f"{ours * 1e6:5.1f} us (<= {CALL_EXTRA_US:.0f} us)  {_verdict(ours * 1e6 <= CALL_EXTRA_US)}"
+    )
+    lines.append(
+        f"{'orm20':8} {'its extra vs Django async def extra':36} {theirs / ours:5.2f}x less "
+        f"(>= {CALL_AHEAD_OF_DJANGO:.1f}x)  {_verdict(theirs / ours >= CALL_AHEAD_OF_DJANGO)}"
+    )
+    mixed = results["mixed"]
+    for (kind, flavour), most in MIXED_TARGETS.items():
+        ratio = mixed[kind][flavour] / mixed[kind]["TestCase (sync)"]
+        lines.append(
+            f"{kind:8} {'mixed: ' + flavour:36} {ratio:5.2f}x sync (<= {most:.2f}x)  "
+            f"{_verdict(ratio <= most)}"
+        )
+    trivial = mixed["trivial"]
+    ahead = trivial["TestCase (async def)"] / trivial["AsyncTestCase, loop per class"]
+    met = _verdict(ahead >= MIXED_AHEAD_OF_DJANGO)
+    lines.append(
+        f"{'trivial':8} {'mixed: ahead of Django async def':36} {ahead:5.2f}x faster "
+        f"(>= {MIXED_AHEAD_OF_DJANGO:.1f}x, loop per class)  {met}"
+    )
+    published = results.get("published")
+    if published:
+        ratio = published["swapped"] / published["published"]
+        lines.append(
+            f"{'suite':8} {PUBLISHED[0] + ' swapped vs published':36} {ratio:5.2f}x (<= 1.10x)  "
+            f"{_verdict(ratio <= 1.1)}"
+        )
     return lines
 
 
@@ -559,10 +736,23 @@ def print_table(results: dict[str, Any]) -> None:
         f"{results['tests']} tests of each kind in classes of {results['tests_per_class']}"
     )
     for kind, costs in results["per_test"].items():
-        print(f"\n{kind}:")
+        print(f"\n{kind}:" if kind != "orm20" else f"\norm20 ({CALLS} awaited count() calls):")
         print_ratios(costs, "TestCase (sync)", width=48)
+    print("\nOne awaited ORM call, over the same call in a sync test:")
+    for flavour, cost in results["call_extra"].items():
+        print(f"  {flavour:48} {cost * 1e6:7.1f} us")
+    print("\nMixed suite: classes of every flavour, one at a time, in a random order:")
+    for kind, costs in results["mixed"].items():
+        print(f"  {kind}:")
+        print_ratios(costs, "TestCase (sync)", width=46)
+    if results.get("published"):
+        published = results["published"]
+        print(f"\nA published suite, {' '.join(PUBLISHED)} (wall time, Django's runner):")
+        for name, cost in published.items():
+            ratio = cost / published["published"]
+            print(f"  {name:12} {cost:7.2f} s  {ratio:5.2f}x")
     print("\nTargets:")
-    for line in target_lines(results["per_test"]):
+    for line in target_lines(results):
         print(f"  {line}")
     if "live_server" in results:
         count = results["live_server_tests_per_class"]
@@ -618,12 +808,15 @@ def main() -> None:
             "database": BACKEND,
         },
         "per_test": per_test_costs(options.tests, options.rounds, options.per_class),
+        "mixed": mixed_suite_costs(options.tests, options.rounds, options.per_class),
         "live_server_tests_per_class": min(options.tests, 100),
         "live_server": live_server_costs(min(options.tests, 100), options.rounds),
         "hops": hop_costs(2000),
         "diagnostics": diagnostics_overhead(options.tests, options.rounds),
     }
+    results["call_extra"] = call_extra_costs(results["per_test"])
     if not options.quick:
+        results["published"] = published_suite_costs(options.rounds)
         results["pytest_style"] = pytest_style_costs(options.rounds)
         results["parallel"] = parallel_speedup()
         results["resources"] = resources_after(5000)
