@@ -470,6 +470,68 @@ def test_code_stuck_forever_is_abandoned_with_its_db_thread_and_later_classes_ru
     assert not first.thread.is_alive()
 
 
+@pytest.mark.parametrize("loop_scope", ["test", "class"])
+def test_a_sync_set_up_class_that_raises_cancelled_error_fails_its_class(loop_scope: str) -> None:
+    """A CancelledError is no Exception: unittest would let it end the whole run."""
+
+    class Cancelled(AsyncTestCase):
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            Item.objects.create(name="made by setUpClass")
+            raise asyncio.CancelledError
+
+        def test_it(self) -> None:
+            raise AssertionError("must not run")
+
+    Cancelled.loop_scope = loop_scope  # type: ignore[assignment]
+    result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(Cancelled))
+
+    problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+    assert set(problems) == {"setUpClass"}, problems
+    assert "was cancelled" in problems["setUpClass"]
+    assert CleanAfterwards.seen == [0]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+@pytest.mark.parametrize("loop_scope", ["test", "class"])
+def test_a_set_up_class_stuck_forever_is_abandoned_and_later_classes_run(
+    loop_scope: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_diagnostics, "_INTERRUPT_GRACE", 0.5)
+    release = threading.Event()
+    first = db_thread()
+
+    class StuckClass(AsyncTestCase):
+        timeout = 0.5
+
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            Item.objects.create(name="made by setUpClass")
+            release.wait()
+
+        def test_it(self) -> None:
+            raise AssertionError("must not run")
+
+    StuckClass.loop_scope = loop_scope  # type: ignore[assignment]
+    try:
+        result = run_then_a_clean_class(
+            unittest.defaultTestLoader.loadTestsFromTestCase(StuckClass)
+        )
+        assert first.abandoned_by is not None
+        problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+        assert set(problems) == {"setUpClass"}, problems
+        assert "TestTimeout" in problems["setUpClass"]
+        assert "release.wait()" in problems["setUpClass"]
+        assert CleanAfterwards.seen == [0]
+        assert leftover_rows() == {"items": [], "orders": 0}
+    finally:
+        release.set()
+    first.thread.join(5)
+    assert not first.thread.is_alive()
+
+
 def _backend_pid() -> int:
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")

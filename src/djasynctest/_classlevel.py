@@ -33,7 +33,7 @@ from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from djasynctest._affinity import pin_together
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
-from djasynctest._dbthread import DBThread, db_thread, outcome
+from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
 from djasynctest._dbtools import (
     connect_receivers,
     connection_state,
@@ -181,7 +181,10 @@ def _set_up_class(
         # Nothing async to run at class level: D sets the class up in the
         # class's context, in one hand-over.
         job = db.submit_hosted(run_in, context, set_up, klass, *args, **kwargs)
-        result = _within_timeout_sync(job, klass, "setUpClass")
+        try:
+            result = _within_timeout_sync(job, klass, "setUpClass")
+        except asyncio.CancelledError as exc:
+            raise _cancelled(klass, "setUpClass") from exc
         klass._djat_set_up = True
         return result
     # M runs an event loop while D sets the class up, so that an async
@@ -493,6 +496,11 @@ def _forget_class_context(klass: Any) -> None:
     routing = klass.__dict__.get("_djat_class_routing")
     if routing is not None:
         del klass._djat_class_routing
+        db = running_db_thread()
+        if db is not None and db.abandoned_by is not None:
+            # The context may still be entered by the sync code the DB thread was
+            # left to (a setUpClass stuck past its timeout); nothing uses it again.
+            return
         context.run(exit_routing, routing)
 
 
