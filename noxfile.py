@@ -264,6 +264,36 @@ def thirdparty(session: nox.Session) -> None:
     session.run("python", script, *session.posargs)
 
 
+@nox.session(python=ONE_PYTHON, tags=["ci"])
+def asyncbackend(session: nox.Session) -> None:
+    """django-async-backend's connections inside the test's transaction
+    (tests/test_asyncbackend.py, and its how-to's sample): its engine, Django 6.1,
+    PostgreSQL."""
+    session.install(
+        DJANGOS[NEWEST_DJANGO],
+        "-e",
+        ".",
+        "-r",
+        "tests/requirements.txt",
+        "psycopg[binary]>=3.1",
+        "django-async-backend>=6.1,<6.2",
+    )
+    if not _postgres_reachable(session):
+        _skip_without_postgres(session)
+    session.run(
+        "python",
+        "-W",
+        "error",
+        "-m",
+        "pytest",
+        "tests/test_asyncbackend.py",
+        # The how-to's sample (the rest of test_docs.py runs in the other sessions).
+        "tests/test_docs.py::test_async_backend",
+        *session.posargs,
+        env={"DJASYNCTEST_DB": "postgres-async-backend", "PYTHONDEVMODE": "1"},
+    )
+
+
 @nox.session(python=ONE_PYTHON)
 def bench(session: nox.Session) -> None:
     """The benchmark (bench/run.py): per-test cost next to Django's TestCase, and more;

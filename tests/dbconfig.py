@@ -3,7 +3,9 @@
 - ``sqlite`` (default): SQLite, test databases in memory;
 - ``sqlite-file``: SQLite, test databases in files;
 - ``postgres``: PostgreSQL through psycopg 3 (``PGHOST``, ``PGPORT``,
-  ``PGUSER``, ``PGPASSWORD`` as libpq reads them; defaults suit a local server).
+  ``PGUSER``, ``PGPASSWORD`` as libpq reads them; defaults suit a local server);
+- ``postgres-async-backend``: the same through django-async-backend's engine
+  (its app installed too).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ def databases(prefix: str) -> dict[str, dict[str, Any]]:
     # Processes that run at the same time (pytest-xdist workers and the runs
     # they start) must not share a database name.
     prefix += os.environ.get("DJASYNCTEST_NAME_SUFFIX", "")
-    if BACKEND == "postgres":
+    if BACKEND in ("postgres", "postgres-async-backend"):
+        engine = (
+            "django_async_backend.db.backends.postgresql"
+            if BACKEND == "postgres-async-backend"
+            else "django.db.backends.postgresql"
+        )
         return {
             alias: {
-                "ENGINE": "django.db.backends.postgresql",
+                "ENGINE": engine,
                 "NAME": f"{prefix}_{alias}",
                 "HOST": os.environ.get("PGHOST", "localhost"),
                 "PORT": os.environ.get("PGPORT", "5432"),
@@ -49,5 +56,8 @@ def databases(prefix: str) -> dict[str, dict[str, Any]]:
             alias: {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{prefix}_{alias}.sqlite3"}
             for alias in ALIASES
         }
-    msg = f"DJASYNCTEST_DB={BACKEND!r} is not one of 'sqlite', 'sqlite-file', 'postgres'."
+    msg = (
+        f"DJASYNCTEST_DB={BACKEND!r} is not one of 'sqlite', 'sqlite-file', 'postgres', "
+        "'postgres-async-backend'."
+    )
     raise ValueError(msg)

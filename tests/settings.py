@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.dbconfig import databases
+from tests.dbconfig import BACKEND, databases
 
 SECRET_KEY = "djasynctest-tests"
 DEBUG = False
@@ -16,6 +16,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "tests.testapp",
 ]
+if BACKEND == "postgres-async-backend":
+    INSTALLED_APPS.append("django_async_backend")
 STATIC_URL = "static/"
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

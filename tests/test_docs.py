@@ -302,6 +302,17 @@ def test_pytest_asyncio_sample_runs_under_pytest_asyncio() -> None:
     assert re.search(r"^2 passed", output, re.MULTILINE), output
 
 
+def test_async_backend() -> None:
+    from tests.dbconfig import BACKEND
+
+    if BACKEND != "postgres-async-backend":
+        pytest.skip("runs with DJASYNCTEST_DB=postgres-async-backend (nox -s asyncbackend)")
+    from tests.docs_examples.async_backend import OrderTests
+
+    assert_passed(run_case(OrderTests), 1)
+    assert not Item.objects.exists()
+
+
 def test_postgres_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from django.db.utils import ConnectionHandler
 

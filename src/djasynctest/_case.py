@@ -48,6 +48,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
+from djasynctest._asyncbackend import close_opened, uses_async_backend, watch_opened
 from djasynctest._classlevel import (
     CLASS_HOOKS,
     check_bases,
@@ -376,6 +377,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         opts = self._djat_options
         if opts.leak_checks:
             self.addCleanup(self._djat_check_leaks)
+        if uses_async_backend():
+            # Before the leak check and the rollback or flush.
+            opened = self._asyncioTestContext.run(watch_opened)
+            self.addCleanup(self._djat_close_async_backend, opened)
         self._djat_before_hooks()
         if _overrides(self, "setUp", unittest.TestCase):
             self._djat_call(self.setUp)
@@ -410,6 +415,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _callCleanup(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         if function == self._djat_check_leaks:
             function()  # here: it looks at the loop and the threads, not the database
+        elif function == self._djat_close_async_backend:
+            function(*args)
         elif function == self._djat_post_teardown:
             self._djat_roll_back()
         else:
@@ -498,6 +505,12 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         if self._djat_loop is None:
             self._djat_use(self._djat_new_loop())
         return run.run(coro, context or self._asyncioTestContext)
+
+    def _djat_close_async_backend(self, opened: list[Any]) -> None:
+        # Here (M, or D for a test run there whole), not in the test's context: the
+        # django-async-backend wrappers that connected in the test, closed on its loop.
+        if opened:
+            self._djat_run_coroutine(close_opened(opened))
 
     def _djat_check_leaks(self) -> None:
         # M (or D), with the loop stopped, after the user's cleanups and before the rollback.

@@ -31,6 +31,8 @@ from django.db import connections, transaction
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
 from djasynctest._affinity import pin_together
+from djasynctest._asyncbackend import bridge as bridge_async_backend
+from djasynctest._asyncbackend import uses_async_backend
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
 from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
@@ -175,6 +177,12 @@ def _set_up_class(
     # (copies of it), go to D, until the class is done; a test that runs async
     # code routes its own context too (see AsyncTestMixin._callSetUp).
     klass._djat_class_routing = context.run(enter_routing, db)
+    if (
+        issubclass(klass, TestCase)
+        and uses_async_backend()
+        and klass._databases_support_transactions()
+    ):
+        context.run(bridge_async_backend, _aliases(klass))
     if opts.loop_scope == "test" and not isinstance(
         inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData
     ):

@@ -470,8 +470,8 @@ def on_connection_created(*, connection: Any, **kwargs: Any) -> None:
     opened off it while a test runs."""
     watched = _foreign_connections
     db = running_db_thread()
-    if db is None:
-        return
+    if db is None or getattr(connection, "_djat_bridged", False):
+        return  # a django-async-backend wrapper on the DB thread's connection (_asyncbackend)
     if db.is_current():
         _db_thread_connections.add(connection)
     elif watched is not None:

@@ -6,6 +6,7 @@ from tests.testapp import views
 
 urlpatterns = [
     path("items/", views.items),
+    path("async-backend-items/", views.async_backend_items),
     path("orders/", views.orders),
     path("sync-items/", views.sync_items),
     path("items/create/", views.create_item),

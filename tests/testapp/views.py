@@ -26,6 +26,14 @@ async def items(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"items": names})
 
 
+async def async_backend_items(request: HttpRequest) -> JsonResponse:
+    """Through django-async-backend's ORM (its app patches every model)."""
+    if request.method == "POST":
+        await Item.async_objects.acreate(name=request.POST["name"])  # type: ignore[attr-defined]
+    names = [item.name async for item in Item.async_objects.order_by("name")]  # type: ignore[attr-defined]
+    return JsonResponse({"items": names})
+
+
 @login_required
 async def orders(request: HttpRequest) -> HttpResponse:
     user = await request.auser()

@@ -1,0 +1,261 @@
+"""django-async-backend's connections, inside the test's transaction.
+
+django-async-backend (``ENGINE = "django_async_backend.db.backends.postgresql"``)
+gives each task its own ``AsyncDatabaseWrapper`` over a psycopg
+``AsyncConnection``: another connection than the DB thread's, so outside the
+class and test transactions, where it sees none of the test's rows and its own
+writes are committed. PostgreSQL cannot share a transaction between two
+sessions; so, while a ``TestCase`` of ours runs, such a wrapper gets no
+connection of its own:
+
+* its "connection" is a stand-in, and each cursor it makes is the DB thread's
+  own cursor for the alias (Django's, so ``assertNumQueries`` counts its
+  queries), every call of it handed to the DB thread: one connection, one
+  transaction, as for Django's ORM;
+* it starts inside an atomic block, as Django's connections do in a
+  ``TestCase``: ``async_atomic`` makes a savepoint, ``durable=True`` is allowed,
+  ``on_commit`` callbacks wait for a commit that never comes, and an error
+  outside ``async_atomic`` breaks the test's transaction, as Django's ORM does;
+* the task that owns it (django-async-backend lets one task use a wrapper) is
+  the one that uses it after the task that used it last has ended: hooks, the
+  test and requests of the test client run as tasks one after another;
+* closing it closes nothing (its request signals close wrappers at each
+  request of the test client).
+
+Everything else (its ORM, compiler, ``async_atomic``, savepoint ids) is
+django-async-backend's own. Outside such a test (``AsyncTransactionTestCase``,
+code not under test), it connects as usual; the wrappers that connected while a
+test ran are closed when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
+
+from djasynctest._dbthread import db_thread
+
+__unittest = True
+
+T = TypeVar("T")
+
+ENGINE = "django_async_backend.db.backends.postgresql"
+
+# The aliases whose async-backend wrappers join the test's transaction, set in the
+# context of a TestCase class (and so of its tests).
+_BRIDGED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "djasynctest.async_backend_bridged", default=frozenset()
+)
+
+
+def uses_async_backend() -> bool:
+    """Whether a database of the project uses django-async-backend's engine."""
+    from django.conf import settings
+
+    return any(database.get("ENGINE") == ENGINE for database in settings.DATABASES.values())
+
+
+def bridge(aliases: Collection[str]) -> None:
+    """In the current (class) context: these aliases' async wrappers join the test's
+    transaction (see the module's notes)."""
+    _install()
+    _BRIDGED.set(frozenset(aliases))
+
+
+def is_bridged(connection: Any) -> bool:
+    return getattr(connection, "_djat_bridged", False)
+
+
+# The wrappers that connected for real while a test ran (not bridged: an
+# AsyncTransactionTestCase), to close when it ends.
+_OPENED: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "djasynctest.async_backend_opened", default=None
+)
+
+
+def watch_opened() -> list[Any]:
+    """In a test's context: the list of the async wrappers that will connect in it."""
+    _install()
+    opened: list[Any] = []
+    _OPENED.set(opened)
+    return opened
+
+
+async def close_opened(opened: list[Any]) -> None:
+    """On the test's loop, as it ends: close them, as its request signals would in
+    production (the flush after the test, and dropping the test database, need it)."""
+    while opened:
+        await opened.pop().close()
+
+
+# AsyncDatabaseWrapper's own methods, by name, once replaced (see _REPLACEMENTS).
+ORIGINALS: dict[str, Any] = {}
+
+
+def _install() -> None:
+    if ORIGINALS:
+        return
+    from django_async_backend.db.backends.postgresql.async_base import (  # type: ignore[import-not-found]
+        AsyncDatabaseWrapper,
+    )
+
+    for name, replace in _REPLACEMENTS.items():
+        ORIGINALS[name] = original = getattr(AsyncDatabaseWrapper, name)
+        setattr(AsyncDatabaseWrapper, name, replace(original))
+
+
+async def _on_db_thread(func: Callable[[], T]) -> T:
+    # Straight to the DB thread's queue: whatever the task's context routes to.
+    future: Any = db_thread().submit(func)  # an asyncio future, from a loop
+    result: T = await future
+    return result
+
+
+class _Connection:
+    """What an async wrapper has for a psycopg ``AsyncConnection`` while bridged."""
+
+    closed = False
+    autocommit = False
+
+    async def set_autocommit(self, value: bool) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class _Cursor:
+    """An async cursor whose calls run the DB thread's cursor for the alias."""
+
+    def __init__(self, alias: str, name: str | None) -> None:
+        self._alias = alias
+        self._name = name
+        self._cursor: Any = None
+
+    def _own(self) -> Any:
+        # D: Django's cursor of the DB thread's connection (named: server-side).
+        if self._cursor is None:
+            from django.db import connections
+
+            connection: Any = connections[self._alias]
+            self._cursor = connection._cursor(self._name) if self._name else connection.cursor()
+        return self._cursor
+
+    async def execute(self, sql: Any, params: Any = None) -> _Cursor:
+        await _on_db_thread(lambda: self._own().execute(sql, params))
+        return self
+
+    async def executemany(self, sql: Any, param_list: Any) -> _Cursor:
+        await _on_db_thread(lambda: self._own().executemany(sql, param_list))
+        return self
+
+    async def fetchone(self) -> Any:
+        return await _on_db_thread(lambda: self._own().fetchone())
+
+    async def fetchmany(self, size: int | None = None) -> Any:
+        if size is None:
+            return await _on_db_thread(lambda: self._own().fetchmany())
+        return await _on_db_thread(lambda: self._own().fetchmany(size))
+
+    async def fetchall(self) -> Any:
+        return await _on_db_thread(lambda: self._own().fetchall())
+
+    async def close(self) -> None:
+        cursor = self._cursor
+        if cursor is not None:
+            await _on_db_thread(cursor.close)
+
+    async def __aiter__(self) -> Any:
+        while rows := await self.fetchmany(100):
+            for row in rows:
+                yield row
+
+    async def __aenter__(self) -> _Cursor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # rowcount, description, statusmessage... of the last call.
+        return getattr(self._own() if self._cursor is None else self._cursor, name)
+
+
+class _TestCaseAtomic:
+    """Stands for the class and test atomics, as Django's ``TestCase`` marks its own."""
+
+    _from_testcase = True
+
+
+def _get_new_connection(original: Any) -> Any:
+    async def get_new_connection(self: Any, conn_params: Any) -> Any:
+        if self.alias not in _BRIDGED.get():
+            opened = _OPENED.get()
+            if opened is not None:
+                opened.append(self)
+            return await original(self, conn_params)
+        self._djat_bridged = True
+        return _Connection()
+
+    return get_new_connection
+
+
+def _connect(original: Any) -> Any:
+    async def connect(self: Any) -> None:
+        await original(self)
+        if is_bridged(self):
+            # Inside the test's transaction, as Django's connections are in a TestCase.
+            self.autocommit = False
+            self.in_atomic_block = True
+            self.commit_on_exit = False
+            self.atomic_blocks = [_TestCaseAtomic()]
+            self.savepoint_ids = [None]
+
+    return connect
+
+
+def _init_connection_state(original: Any) -> Any:
+    async def init_connection_state(self: Any) -> None:
+        if not is_bridged(self):  # the DB thread's connection is set up already
+            await original(self)
+
+    return init_connection_state
+
+
+def _create_cursor(original: Any) -> Any:
+    def create_cursor(self: Any, name: str | None = None) -> Any:
+        if is_bridged(self):
+            return _Cursor(self.alias, name)
+        return original(self, name)
+
+    return create_cursor
+
+
+def _close(original: Any) -> Any:
+    async def close(self: Any) -> None:
+        if not is_bridged(self):
+            await original(self)
+
+    return close
+
+
+def _validate_task_sharing(original: Any) -> Any:
+    def validate_task_sharing(self: Any) -> None:
+        owner: asyncio.Task[Any] | None = self._task
+        if owner is not None and owner.done() and is_bridged(self):
+            self._task = None  # its owner ended: the next task to use it owns it
+        original(self)
+
+    return validate_task_sharing
+
+
+_REPLACEMENTS: dict[str, Callable[[Any], Any]] = {
+    "get_new_connection": _get_new_connection,
+    "connect": _connect,
+    "init_connection_state": _init_connection_state,
+    "create_cursor": _create_cursor,
+    "close": _close,
+    "validate_task_sharing": _validate_task_sharing,
+}

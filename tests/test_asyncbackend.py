@@ -1,0 +1,271 @@
+"""django-async-backend's connections inside the test's transaction (src/djasynctest/_asyncbackend).
+
+Runs with ``DJASYNCTEST_DB=postgres-async-backend`` (``nox -s asyncbackend``):
+the project's engine is django-async-backend's, whose app patches every model
+with its ``async_objects`` manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.db import IntegrityError, connections
+
+from djasynctest import AsyncTestCase
+from tests.dbconfig import BACKEND
+from tests.testapp.models import Item, Order
+from tests.utils import assert_passed, leftover_rows, run_case
+
+pytestmark = pytest.mark.skipif(
+    BACKEND != "postgres-async-backend",
+    reason="runs with DJASYNCTEST_DB=postgres-async-backend (nox -s asyncbackend)",
+)
+
+if BACKEND == "postgres-async-backend":
+    from django_async_backend.db import async_connections
+    from django_async_backend.db.transaction import async_atomic
+
+# Django's ORM and django-async-backend's, on the same models.
+Async: Any = Item
+
+
+def _server_connections() -> int:
+    """Sessions on the test database other than the DB thread's (and this thread's)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_both_orms_share_the_tests_transaction_and_it_is_rolled_back() -> None:
+    seen: list[Any] = []
+
+    class Shared(AsyncTestCase):
+        @classmethod
+        def setUpTestData(cls) -> None:
+            cls.user = User.objects.create(username="owner")
+            cls.item = Item.objects.create(name="class item")
+
+        async def asyncSetUp(self) -> None:
+            # The async backend's wrapper is made in this task, and used in the test's.
+            await Async.async_objects.acreate(name="set up by the async backend")
+            await Item.objects.acreate(name="set up by Django")
+
+        async def test_1_writes(self) -> None:
+            seen.append(await Async.async_objects.acount())
+            # A foreign key to a row of setUpTestData, written by the async backend.
+            order = Order(item_id=self.item.pk, user_id=self.user.pk)
+            await order.async_save()
+            seen.append(await Order.objects.acount())
+            names = Async.async_objects.values_list("name", flat=True)
+            seen.append(sorted([name async for name in names]))
+
+        async def test_2_sees_none_of_it(self) -> None:
+            seen.append(await Async.async_objects.acount())
+            seen.append(await Order.async_objects.acount())  # type: ignore[attr-defined]
+
+    assert_passed(run_case(Shared), 2)
+    assert seen == [
+        3,
+        1,
+        ["class item", "set up by Django", "set up by the async backend"],
+        3,
+        0,
+    ]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_async_atomic_is_a_savepoint_inside_the_test() -> None:
+    seen: list[Any] = []
+
+    class Atomic(AsyncTestCase):
+        async def test_it(self) -> None:
+            try:
+                async with async_atomic():
+                    await Async.async_objects.acreate(name="undone")
+                    raise ValueError("undo")
+            except ValueError:
+                pass
+            async with async_atomic():
+                await Async.async_objects.acreate(name="kept")
+                async with async_atomic():
+                    await Async.async_objects.acreate(name="nested")
+            with pytest.raises(IntegrityError):
+                async with async_atomic():
+                    await Async.async_objects.acreate(name="kept")
+            # durable=True nests in the test's transaction, as Django's does in a TestCase.
+            async with async_atomic(durable=True):
+                await Async.async_objects.acreate(name="durable")
+            seen.append(sorted([n async for n in Item.objects.values_list("name", flat=True)]))
+
+    assert_passed(run_case(Atomic), 1)
+    assert seen == [["durable", "kept", "nested"]]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_on_commit_waits_as_djangos_does_in_a_test_case() -> None:
+    ran: list[str] = []
+    held: list[int] = []
+
+    class OnCommit(AsyncTestCase):
+        async def test_it(self) -> None:
+            connection = async_connections["default"]
+            async with async_atomic():
+                await Async.async_objects.acreate(name="with a callback")
+                await connection.on_commit(lambda: ran.append("ran"))
+            held.append(len(connection.run_on_commit))
+
+    assert_passed(run_case(OnCommit), 1)
+    assert (ran, held) == ([], [1])
+
+
+def test_assert_num_queries_counts_the_async_backends_queries() -> None:
+    class Counted(AsyncTestCase):
+        async def test_it(self) -> None:
+            with self.assertNumQueries(3):
+                await Async.async_objects.acreate(name="one")
+                await Item.objects.acreate(name="two")
+                self.assertEqual(await Async.async_objects.acount(), 2)
+
+    assert_passed(run_case(Counted), 1)
+
+
+def test_raw_cursors_plain_and_named() -> None:
+    seen: list[Any] = []
+
+    class Cursors(AsyncTestCase):
+        async def asyncSetUp(self) -> None:
+            await Item.objects.acreate(name="b")
+            await Item.objects.acreate(name="a")
+
+        async def test_it(self) -> None:
+            connection = async_connections["default"]
+            async with await connection.cursor() as cursor:
+                await cursor.execute("SELECT count(*) FROM testapp_item")
+                seen.append((await cursor.fetchone())[0])
+            async with await connection.chunked_cursor() as cursor:
+                await cursor.execute("SELECT name FROM testapp_item ORDER BY name")
+                seen.append([row[0] async for row in cursor])
+
+    assert_passed(run_case(Cursors), 1)
+    assert seen == [2, ["a", "b"]]
+
+
+def test_tasks_of_the_test_own_the_connection_as_in_production() -> None:
+    """Hooks and the test run one after another: each owns the connection in turn. Tasks
+    that run at the same time cannot share it, as in production."""
+    errors: list[str] = []
+
+    class Gather(AsyncTestCase):
+        async def test_it(self) -> None:
+            await Async.async_objects.acount()
+            try:
+                await asyncio.gather(Async.async_objects.acount(), Async.async_objects.acount())
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+    assert_passed(run_case(Gather), 1)
+    assert errors
+    assert "owned by another task" in errors[0]
+
+
+def test_requests_of_the_async_client_join_the_transaction() -> None:
+    seen: list[Any] = []
+
+    class Requests(AsyncTestCase):
+        async def asyncSetUp(self) -> None:
+            await Async.async_objects.acreate(name="before the request")
+
+        async def test_it(self) -> None:
+            response = await self.async_client.post(
+                "/async-backend-items/", {"name": "made by the view"}
+            )
+            seen.append(response.json())
+            seen.append(await Async.async_objects.acount())
+
+    assert_passed(run_case(Requests), 1)
+    assert seen == [{"items": ["before the request", "made by the view"]}, 2]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_no_connection_of_its_own_is_opened() -> None:
+    counts: list[int] = []
+
+    class NoConnection(AsyncTestCase):
+        async def test_it(self) -> None:
+            await Async.async_objects.acreate(name="written")
+            counts.append(await Async.async_objects.acount())
+
+    before = _server_connections()
+    # Leak checks on (the default): a connection left open would be reported.
+    assert_passed(run_case(NoConnection), 1)
+    assert counts == [1]
+    assert _server_connections() == before
+
+
+def test_the_async_backends_code_the_bridge_relies_on() -> None:
+    """A canary: _asyncbackend replaces these methods of AsyncDatabaseWrapper and leans
+    on these lines. When one fails, read the new release's code at that place, adapt
+    _asyncbackend, and update the canary."""
+    import inspect
+
+    from django_async_backend.db.backends.base.base import BaseAsyncDatabaseWrapper
+    from django_async_backend.db.backends.postgresql.async_base import AsyncDatabaseWrapper
+    from django_async_backend.db.transaction import AsyncAtomic
+
+    def source(obj: object) -> str:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+
+    connect = source(BaseAsyncDatabaseWrapper.connect)
+    for line in (
+        "self.in_atomic_block = False",
+        "self.savepoint_ids = []",
+        "self.atomic_blocks = []",
+        "self.connection = await self.get_new_connection(conn_params)",
+        "await self.init_connection_state()",
+        "connection_created.send(",
+    ):
+        assert line in connect, line
+    from djasynctest._asyncbackend import ORIGINALS
+
+    create_cursor = ORIGINALS.get("create_cursor", AsyncDatabaseWrapper.create_cursor)
+    assert "self.connection.cursor()" in source(create_cursor)
+    assert "self._prepare_cursor(self.create_cursor(name))" in source(
+        BaseAsyncDatabaseWrapper._cursor
+    )
+    assert "if self._task is None:" in source(BaseAsyncDatabaseWrapper.validate_task_sharing)
+    enter = source(AsyncAtomic.__aenter__)
+    assert "not connection.atomic_blocks[-1]._from_testcase" in enter
+    assert "if connection.in_atomic_block:" in enter
+    leave = source(AsyncAtomic.__aexit__)
+    assert "if connection.savepoint_ids:" in leave
+    assert "connection.in_atomic_block = False" in leave
+
+
+def test_a_transaction_test_case_commits_for_real_and_closes_its_connections() -> None:
+    from djasynctest import AsyncTransactionTestCase
+
+    seen: list[Any] = []
+
+    class Committed(AsyncTransactionTestCase):
+        async def test_1_commits(self) -> None:
+            async with async_atomic():
+                await Async.async_objects.acreate(name="committed")
+            # Committed: another connection (this test's own, Django's) sees it.
+            seen.append(await Item.objects.acount())
+            seen.append(await sync_to_async(_server_connections)() > before)
+
+        async def test_2_flushed(self) -> None:
+            seen.append(await Async.async_objects.acount())
+
+    before = _server_connections()
+    assert_passed(run_case(Committed), 2)
+    assert seen == [1, True, 0]
+    # Closed when each test ended: none is left to keep the test database from being dropped.
+    assert _server_connections() == before
