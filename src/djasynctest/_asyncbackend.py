@@ -179,8 +179,12 @@ class _Cursor:
         await self.close()
 
     def __getattr__(self, name: str) -> Any:
-        # rowcount, description, statusmessage... of the last call.
-        return getattr(self._own() if self._cursor is None else self._cursor, name)
+        # rowcount, description, statusmessage... of the last call; before any, of a
+        # cursor the DB thread makes now (a short wait: it is idle while this code runs).
+        if name.startswith("__"):
+            raise AttributeError(name)
+        cursor = self._cursor if self._cursor is not None else db_thread().call(self._own)
+        return getattr(cursor, name)
 
 
 class _TestCaseAtomic:
