@@ -270,3 +270,46 @@ def test_a_transaction_test_case_commits_for_real_and_closes_its_connections() -
     assert seen == [1, True, 0]
     # Closed when each test ended: none is left to keep the test database from being dropped.
     assert _server_connections() == before
+
+
+def test_capture_on_commit_callbacks_captures_and_runs_the_async_backends() -> None:
+    ran: list[str] = []
+    captured: list[int] = []
+    errors: list[str] = []
+
+    async def notify() -> None:
+        ran.append("async callback")
+
+    class Captured(AsyncTestCase):
+        async def test_captured(self) -> None:
+            connection = async_connections["default"]
+            async with self.captureOnCommitCallbacks() as callbacks:
+                await connection.on_commit(lambda: ran.append("not run"))
+            captured.append(len(callbacks))
+
+        async def test_executed(self) -> None:
+            connection = async_connections["default"]
+
+            async def register_another() -> None:
+                await connection.on_commit(lambda: ran.append("registered by a callback"))
+
+            async with self.captureOnCommitCallbacks(execute=True) as callbacks:
+                async with async_atomic():
+                    await connection.on_commit(notify)
+                    await connection.on_commit(register_another)
+                await Item.objects.acreate(name="with Django's callback too")
+            captured.append(len(callbacks))
+
+        async def test_sync_with_refuses_async_callbacks(self) -> None:
+            connection = async_connections["default"]
+            try:
+                with self.captureOnCommitCallbacks(execute=True):
+                    await connection.on_commit(notify)
+            except TypeError as exc:
+                errors.append(str(exc))
+
+    assert_passed(run_case(Captured), 3)
+    assert captured == [1, 3]
+    assert ran == ["async callback", "registered by a callback"]
+    assert errors
+    assert "run it with 'async with self.captureOnCommitCallbacks(execute=True)'" in errors[0]

@@ -35,7 +35,8 @@ import contextvars
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
-from djasynctest._dbthread import db_thread
+from djasynctest._dbthread import DBThread, db_thread
+from djasynctest._dbtools import OnDBThread
 
 __unittest = True
 
@@ -193,29 +194,44 @@ class _TestCaseAtomic:
     _from_testcase = True
 
 
+def _init(original: Any) -> Any:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        # Made in the context of a test (its tasks and requests), for one of its
+        # class's databases: bridged for its whole life.
+        if self.alias in _BRIDGED.get():
+            self._djat_bridged = True
+            _in_the_tests_transaction(self)
+
+    return __init__
+
+
+def _in_the_tests_transaction(wrapper: Any) -> None:
+    # As Django's connections are in a TestCase: inside its atomic blocks.
+    wrapper.autocommit = False
+    wrapper.in_atomic_block = True
+    wrapper.commit_on_exit = False
+    wrapper.atomic_blocks = [_TestCaseAtomic()]
+    wrapper.savepoint_ids = [None]
+
+
 def _get_new_connection(original: Any) -> Any:
     async def get_new_connection(self: Any, conn_params: Any) -> Any:
-        if self.alias not in _BRIDGED.get():
-            opened = _OPENED.get()
-            if opened is not None:
-                opened.append(self)
-            return await original(self, conn_params)
-        self._djat_bridged = True
-        return _Connection()
+        if is_bridged(self):
+            return _Connection()
+        opened = _OPENED.get()
+        if opened is not None:
+            opened.append(self)
+        return await original(self, conn_params)
 
     return get_new_connection
 
 
 def _connect(original: Any) -> Any:
     async def connect(self: Any) -> None:
-        await original(self)
+        await original(self)  # which starts outside any atomic block
         if is_bridged(self):
-            # Inside the test's transaction, as Django's connections are in a TestCase.
-            self.autocommit = False
-            self.in_atomic_block = True
-            self.commit_on_exit = False
-            self.atomic_blocks = [_TestCaseAtomic()]
-            self.savepoint_ids = [None]
+            _in_the_tests_transaction(self)
 
     return connect
 
@@ -256,6 +272,7 @@ def _validate_task_sharing(original: Any) -> Any:
 
 
 _REPLACEMENTS: dict[str, Callable[[Any], Any]] = {
+    "__init__": _init,
     "get_new_connection": _get_new_connection,
     "connect": _connect,
     "init_connection_state": _init_connection_state,
@@ -263,3 +280,108 @@ _REPLACEMENTS: dict[str, Callable[[Any], Any]] = {
     "close": _close,
     "validate_task_sharing": _validate_task_sharing,
 }
+
+
+class CapturedCallbacks(OnDBThread[list[Callable[[], Any]]]):
+    """``captureOnCommitCallbacks`` (Django's, on the DB thread) that also captures the
+    ``on_commit`` callbacks of the async backend's bridged wrapper for ``using`` in the
+    current context, and with ``execute=True`` runs them (awaiting async ones under
+    ``async with``), as Django's runs its own: in order, and those that they register
+    too."""
+
+    def __init__(self, db: DBThread, make: Callable[[], Any], using: str, execute: bool) -> None:
+        super().__init__(db, make)
+        self._using = using
+        self._execute = execute
+        self._callbacks: list[Any] = []
+        self._wrapper: Any = None
+        self._start = 0
+
+    def _bridged_wrapper(self) -> Any:
+        from django_async_backend.db import async_connections  # type: ignore[import-not-found]
+
+        wrapper = getattr(async_connections._connections, self._using, None)
+        return wrapper if wrapper is not None and is_bridged(wrapper) else None
+
+    def _started(self, callbacks: list[Any]) -> list[Any]:
+        self._callbacks = callbacks
+        self._wrapper = self._bridged_wrapper()
+        self._start = 0 if self._wrapper is None else len(self._wrapper.run_on_commit)
+        return callbacks
+
+    def _registered(self) -> Any:
+        # Each callback registered on the wrapper since the block started, as it comes.
+        wrapper = self._bridged_wrapper()
+        if wrapper is None:
+            return
+        start = self._start if wrapper is self._wrapper else 0
+        while start < len(wrapper.run_on_commit):
+            _, callback, robust = wrapper.run_on_commit[start]
+            start += 1
+            self._callbacks.append(callback)
+            yield callback, robust
+
+    def __enter__(self) -> list[Any]:
+        return self._started(super().__enter__())
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        __tracebackhide__ = True
+        result = super().__exit__(*exc_info)
+        for callback, robust in self._registered():
+            if self._execute:
+                _run(callback, robust, awaited=None)
+        return result
+
+    async def __aenter__(self) -> list[Any]:
+        return self._started(await super().__aenter__())
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        __tracebackhide__ = True
+        result = await super().__aexit__(*exc_info)
+        for callback, robust in self._registered():
+            if self._execute:
+                awaitable = _run(callback, robust, awaited=True)
+                if awaitable is not None:
+                    await _robustly(awaitable, callback, robust)
+        return result
+
+
+def _run(callback: Any, robust: bool, *, awaited: bool | None) -> Any:
+    """Call an on_commit callback (logging its error when ``robust``); an awaitable it
+    returns is given back to await, or, in a sync ``with``, refused."""
+    import inspect
+
+    try:
+        result = callback()
+    except Exception:
+        if not robust:
+            raise
+        _log(callback)
+        return None
+    if inspect.isawaitable(result):
+        if awaited:
+            return result
+        if inspect.iscoroutine(result):
+            result.close()
+        msg = (
+            f"The on_commit callback {callback!r} is async: run it with "
+            "'async with self.captureOnCommitCallbacks(execute=True)'."
+        )
+        raise TypeError(msg)
+    return None
+
+
+async def _robustly(awaitable: Any, callback: Any, robust: bool) -> None:
+    try:
+        await awaitable
+    except Exception:
+        if not robust:
+            raise
+        _log(callback)
+
+
+def _log(callback: Any) -> None:
+    import logging
+
+    name = getattr(callback, "__qualname__", callback)
+    logging.getLogger("django.test").exception("Error calling %s in on_commit().", name)

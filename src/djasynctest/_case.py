@@ -48,7 +48,12 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
-from djasynctest._asyncbackend import close_opened, uses_async_backend, watch_opened
+from djasynctest._asyncbackend import (
+    CapturedCallbacks,
+    close_opened,
+    uses_async_backend,
+    watch_opened,
+)
 from djasynctest._classlevel import (
     CLASS_HOOKS,
     check_bases,
@@ -552,6 +557,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             using=using,
             execute=execute,
         )
+        if uses_async_backend():
+            # And those of django-async-backend's connection (see _asyncbackend).
+            return CapturedCallbacks(db_thread(), make, using, execute)
         return OnDBThread(db_thread(), make)
 
     def captureQueries(self, *, using: str = DEFAULT_DB_ALIAS) -> OnDBThread[CaptureQueriesContext]:
