@@ -20,6 +20,8 @@ from tests.dbconfig import BACKEND
 from tests.testapp.models import Item, Order
 from tests.utils import assert_passed, leftover_rows, run_case
 
+pytest_plugins = ["pytester"]
+
 pytestmark = pytest.mark.skipif(
     BACKEND != "postgres-async-backend",
     reason="runs with DJASYNCTEST_DB=postgres-async-backend (nox -s asyncbackend)",
@@ -313,3 +315,48 @@ def test_capture_on_commit_callbacks_captures_and_runs_the_async_backends() -> N
     assert ran == ["async callback", "registered by a callback"]
     assert errors
     assert "run it with 'async with self.captureOnCommitCallbacks(execute=True)'" in errors[0]
+
+
+PYTEST_MODULE = """
+import pytest
+from django.contrib.auth.models import User
+
+from tests.testapp.models import Item, Order
+
+
+@pytest.fixture
+def owner(db):
+    return User.objects.create(username="owner")  # a sync fixture: on the DB thread
+
+
+async def test_writes(owner):
+    item = await Item.async_objects.acreate(name="pen")
+    await Order(item_id=item.pk, user_id=owner.pk).async_save()
+    assert await Order.objects.acount() == 1
+
+
+@pytest.mark.django_db
+async def test_rolled_back():
+    assert await Item.async_objects.acount() == 0
+    assert await Order.async_objects.acount() == 0
+"""
+
+
+def test_the_pytest_plugins_tests_share_the_transaction(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.pytestproject.settings")
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    suffix = os.environ.get("DJASYNCTEST_NAME_SUFFIX", "") + "_plugin"
+    monkeypatch.setenv("DJASYNCTEST_NAME_SUFFIX", suffix)
+    pytester.makeini(
+        "[pytest]\naddopts = -p djasynctest.pytest -p no:cacheprovider -p no:asyncio\n"
+        "filterwarnings = error\n"
+    )
+    pytester.makepyfile(test_books=PYTEST_MODULE)
+    result = pytester.runpytest_subprocess("-v", timeout=120)
+    result.assert_outcomes(passed=2)

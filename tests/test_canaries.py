@@ -242,3 +242,21 @@ def test_asyncio_runner_run_as_run_on_mirrors_it() -> None:
     ):
         assert line in run, line
     assert "def _on_sigint(self, signum, frame, main_task):" in source(asyncio.Runner)
+
+
+def test_pytest_django_chooses_its_test_case_as_the_plugin_reads_it() -> None:
+    """pytest._bridge_async_backend reads pytest-django's choice of TestCase or
+    TransactionTestCase for a test the way _django_db_helper makes it."""
+    import pytest
+    from pytest_django import fixtures
+
+    helper = source(fixtures._django_db_helper.__wrapped__)  # type: ignore[attr-defined]
+    for line in (
+        ") = validate_django_db(marker)",
+        '("transactional_db" in request.fixturenames or "live_server" in request.fixturenames)',
+        '("django_db_reset_sequences" in request.fixturenames)',
+        "test_case_class = django.test.TransactionTestCase",
+    ):
+        assert line in helper, line
+    marker = pytest.mark.django_db(databases=["default"]).mark
+    assert fixtures.validate_django_db(marker) == (False, False, ["default"], False, None)

@@ -58,11 +58,16 @@ def uses_async_backend() -> bool:
     return any(database.get("ENGINE") == ENGINE for database in settings.DATABASES.values())
 
 
-def bridge(aliases: Collection[str]) -> None:
-    """In the current (class) context: these aliases' async wrappers join the test's
-    transaction (see the module's notes)."""
+def bridge(aliases: Collection[str]) -> contextvars.Token[frozenset[str]]:
+    """In the current (class or test) context: these aliases' async wrappers, made from
+    now on, join the test's transaction (see the module's notes). ``unbridge`` with the
+    token undoes it."""
     _install()
-    _BRIDGED.set(frozenset(aliases))
+    return _BRIDGED.set(frozenset(aliases))
+
+
+def unbridge(token: contextvars.Token[frozenset[str]]) -> None:
+    _BRIDGED.reset(token)
 
 
 def is_bridged(connection: Any) -> bool:

@@ -46,6 +46,9 @@ import pytest
 from _pytest.fixtures import resolve_fixture_function
 
 from djasynctest._affinity import pin_together
+from djasynctest._asyncbackend import bridge as bridge_async_backend
+from djasynctest._asyncbackend import unbridge as unbridge_async_backend
+from djasynctest._asyncbackend import uses_async_backend
 from djasynctest._conf import Options, _check, _close_option, options
 from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
 from djasynctest._dbtools import (
@@ -421,12 +424,15 @@ def _database_on_db_thread(
         # M: from here on, thread-sensitive calls made in this context, and in
         # the copies that every fixture's and the test's coroutine runs in, go to D.
         routing = enter_routing(db)
+        bridged = _bridge_async_backend(request)
         test.db = db
         try:
             yield
         finally:
             test.db = None
             try:
+                if bridged is not None:
+                    unbridge_async_backend(bridged)
                 exit_routing(routing)
             finally:
                 try:
@@ -439,6 +445,37 @@ def _database_on_db_thread(
                     raise
 
     return database
+
+
+def _bridge_async_backend(request: pytest.FixtureRequest) -> Any:
+    """M: for a test in a rolled-back transaction (pytest-django's ``db``), the aliases
+    whose django-async-backend connections join it (see _asyncbackend); None otherwise.
+
+    pytest-django's own choice of test case, as ``_django_db_helper`` makes it.
+    """
+    if not uses_async_backend():
+        return None
+    from django.db import connections
+    from pytest_django.fixtures import validate_django_db
+
+    marker = request.node.get_closest_marker("django_db")
+    transactional, reset_sequences, databases = False, False, None
+    if marker is not None:
+        transactional, reset_sequences, databases, _, _ = validate_django_db(marker)
+    fixtures = request.fixturenames
+    if (
+        transactional
+        or reset_sequences
+        or not {
+            "transactional_db",
+            "live_server",
+            "django_db_reset_sequences",
+        }.isdisjoint(fixtures)
+    ):
+        return None
+    if databases is None:
+        return bridge_async_backend({"default"})
+    return bridge_async_backend(set(connections) if databases == "__all__" else set(databases))
 
 
 def _first_database_step(steps: Generator[None], state: ConnectionState) -> None:
