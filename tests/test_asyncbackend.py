@@ -360,3 +360,14 @@ def test_the_pytest_plugins_tests_share_the_transaction(
     pytester.makepyfile(test_books=PYTEST_MODULE)
     result = pytester.runpytest_subprocess("-v", timeout=120)
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("runner", ["manage.py", "unittest"])
+def test_the_runners_run_it_the_same(runner: str) -> None:
+    from tests.test_runners import PROJECT, assert_unittest_ok, run
+
+    if runner == "manage.py":
+        args = [str(PROJECT / "manage.py"), "test", "--noinput", "tests.runnerproject.asyncbackend"]
+    else:
+        args = ["-m", "unittest", "discover", "-s", "tests/runnerproject/asyncbackend", "-t", "."]
+    assert_unittest_ok(run(*args), 2)
