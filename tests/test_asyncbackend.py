@@ -36,11 +36,11 @@ Async: Any = Item
 
 
 def _server_connections() -> int:
-    """Sessions on the test database other than the DB thread's (and this thread's)."""
+    """Client sessions on the test database but this thread's (autovacuum's are not)."""
     with connections["default"].cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid()"
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
         return int(cursor.fetchone()[0])
 
@@ -158,6 +158,26 @@ def test_raw_cursors_plain_and_named() -> None:
 
     assert_passed(run_case(Cursors), 1)
     assert seen == [None, 2, ["a", "b"]]
+
+
+def test_what_the_bridge_does_not_run_fails_with_the_cause() -> None:
+    errors: list[str] = []
+
+    class Unsupported(AsyncTestCase):
+        async def test_it(self) -> None:
+            async with await async_connections["default"].cursor() as cursor:
+                for call in (cursor.stream, cursor.copy):
+                    try:
+                        call("SELECT 1")
+                    except NotImplementedError as exc:
+                        errors.append(str(exc))
+
+    assert_passed(run_case(Unsupported), 1)
+    assert [error.split(" inside")[0] for error in errors] == [
+        "djasynctest does not run django-async-backend's cursor.stream()",
+        "djasynctest does not run django-async-backend's cursor.copy()",
+    ]
+    assert "AsyncTransactionTestCase" in errors[0]
 
 
 def test_tasks_of_the_test_own_the_connection_as_in_production() -> None:

@@ -184,6 +184,12 @@ class _Cursor:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(_NOT_BRIDGED.format(what="cursor.stream()"))
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(_NOT_BRIDGED.format(what="cursor.copy()"))
+
     def __getattr__(self, name: str) -> Any:
         # rowcount, description, statusmessage... of the last call; before any, of a
         # cursor the DB thread makes now (a short wait: it is idle while this code runs).
@@ -191,6 +197,13 @@ class _Cursor:
             raise AttributeError(name)
         cursor = self._cursor if self._cursor is not None else db_thread().call(self._own)
         return getattr(cursor, name)
+
+
+_NOT_BRIDGED = (
+    "djasynctest does not run django-async-backend's {what} inside a test's transaction "
+    "yet. Use fetchmany() or the ORM in an AsyncTestCase, or test this code in an "
+    "AsyncTransactionTestCase, where the async backend has a connection of its own."
+)
 
 
 class _TestCaseAtomic:
