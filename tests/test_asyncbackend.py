@@ -83,6 +83,22 @@ def test_both_orms_share_the_tests_transaction_and_it_is_rolled_back() -> None:
     assert leftover_rows() == {"items": [], "orders": 0}
 
 
+def test_fixtures_are_seen_and_their_rows_can_be_referenced() -> None:
+    seen: list[Any] = []
+
+    class Fixtures(AsyncTestCase):
+        fixtures = ["items.json"]
+
+        async def test_it(self) -> None:
+            seen.append([name async for name in Async.async_objects.values_list("name", flat=True)])
+            await Order(item_id=100).async_save()  # the fixture's row
+            seen.append(await Order.objects.acount())
+
+    assert_passed(run_case(Fixtures), 1)
+    assert seen == [["fixture-ink"], 1]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
 def test_async_atomic_is_a_savepoint_inside_the_test() -> None:
     seen: list[Any] = []
 
