@@ -279,10 +279,12 @@ def test_the_async_backends_code_the_bridge_relies_on() -> None:
         BaseAsyncDatabaseWrapper._cursor
     )
     assert "if self._task is None:" in source(BaseAsyncDatabaseWrapper.validate_task_sharing)
-    enter = source(AsyncAtomic.__aenter__)
+    enter = source(ORIGINALS.get("AsyncAtomic.__aenter__", AsyncAtomic.__aenter__))
     assert "not connection.atomic_blocks[-1]._from_testcase" in enter
     assert "if connection.in_atomic_block:" in enter
-    leave = source(AsyncAtomic.__aexit__)
+    assert "connection.atomic_blocks.append(self)" in enter
+    leave = source(ORIGINALS.get("AsyncAtomic.__aexit__", AsyncAtomic.__aexit__))
+    assert "connection.atomic_blocks.pop()" in leave
     assert "if connection.savepoint_ids:" in leave
     assert "connection.in_atomic_block = False" in leave
 
@@ -407,3 +409,39 @@ def test_the_runners_run_it_the_same(runner: str) -> None:
     else:
         args = ["-m", "unittest", "discover", "-s", "tests/runnerproject/asyncbackend", "-t", "."]
     assert_unittest_ok(run(*args), 2)
+
+
+def test_transactions_of_tasks_that_run_at_once_take_turns() -> None:
+    """async_new_connection gives each task a connection of its own: here, each one's
+    transactions are savepoints on the DB thread's connection, which must nest."""
+    from django_async_backend.db import async_new_connection
+
+    seen: list[Any] = []
+
+    async def write(name: str, *, fail: bool) -> None:
+        async with async_new_connection():
+            try:
+                async with async_atomic():
+                    await Async.async_objects.acreate(name=f"{name} 1")
+                    await asyncio.sleep(0)  # the other task runs meanwhile
+                    async with async_atomic():
+                        await Async.async_objects.acreate(name=f"{name} 2")
+                    if fail:
+                        raise ValueError(name)
+            except ValueError:
+                pass
+
+    async def parent() -> None:
+        async with async_new_connection(), async_atomic():
+            await Async.async_objects.acreate(name="parent")
+            # Tasks started inside a transaction take turns among themselves.
+            await asyncio.gather(write("child a", fail=False), write("child b", fail=True))
+
+    class AtOnce(AsyncTestCase):
+        async def test_it(self) -> None:
+            await asyncio.gather(write("a", fail=False), write("b", fail=True), parent())
+            names = Item.objects.order_by("name").values_list("name", flat=True)
+            seen.append([name async for name in names])
+
+    assert_passed(run_case(AtOnce), 1)
+    assert seen == [["a 1", "a 2", "child a 1", "child a 2", "parent"]]

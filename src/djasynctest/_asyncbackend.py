@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import weakref
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -106,10 +107,14 @@ def _install() -> None:
     from django_async_backend.db.backends.postgresql.async_base import (  # type: ignore[import-not-found]
         AsyncDatabaseWrapper,
     )
+    from django_async_backend.db.transaction import AsyncAtomic  # type: ignore[import-not-found]
 
     for name, replace in _REPLACEMENTS.items():
         ORIGINALS[name] = original = getattr(AsyncDatabaseWrapper, name)
         setattr(AsyncDatabaseWrapper, name, replace(original))
+    for name, replace in _ATOMIC_REPLACEMENTS.items():
+        ORIGINALS[f"AsyncAtomic.{name}"] = original = getattr(AsyncAtomic, name)
+        setattr(AsyncAtomic, name, replace(original))
 
 
 async def _on_db_thread(func: Callable[[], T]) -> T:
@@ -403,3 +408,70 @@ def _log(callback: Any) -> None:
 
     name = getattr(callback, "__qualname__", callback)
     logging.getLogger("django.test").exception("Error calling %s in on_commit().", name)
+
+
+# Transactions of bridged wrappers, one at a time --------------------------------------
+#
+# Every bridged wrapper's savepoints are on the one connection of the DB thread, where
+# they must nest: two wrappers' transactions (async_new_connection in tasks that run
+# together) would interleave their SAVEPOINT and RELEASE statements, and their savepoint
+# names (the thread's id and a counter of each wrapper's) can be the same. So the
+# outermost async_atomic of a bridged wrapper waits for the others' to end; the tasks
+# it starts inside may open their own, one at a time among themselves.
+
+# The lock the next outermost transaction of a bridged wrapper takes, in this task and
+# the tasks it starts; unset: the running loop's.
+_SERIAL: contextvars.ContextVar[asyncio.Lock | None] = contextvars.ContextVar(
+    "djasynctest.async_backend_serial", default=None
+)
+_loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _outermost(connection: Any) -> bool:
+    # Only the test case's atomic is open: this block starts a transaction of its own.
+    blocks = connection.atomic_blocks
+    return len(blocks) == 1 and isinstance(blocks[0], _TestCaseAtomic)
+
+
+def _atomic_enter(original: Any) -> Any:
+    async def __aenter__(self: Any) -> Any:
+        connection = await self.get_connection(self.using)
+        if not (is_bridged(connection) and _outermost(connection)):
+            return await original(self)
+        lock = _SERIAL.get()
+        if lock is None:
+            lock = _loop_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        await lock.acquire()
+        try:
+            result = await original(self)
+        except BaseException:
+            lock.release()
+            raise
+        connection._djat_serial = (lock, _SERIAL.set(asyncio.Lock()))
+        return result
+
+    return __aenter__
+
+
+def _atomic_exit(original: Any) -> Any:
+    async def __aexit__(self: Any, *exc_info: Any) -> Any:
+        connection = await self.get_connection(self.using)
+        try:
+            return await original(self, *exc_info)
+        finally:
+            held = getattr(connection, "_djat_serial", None)
+            if held is not None and _outermost(connection):
+                del connection._djat_serial
+                lock, token = held
+                _SERIAL.reset(token)
+                lock.release()
+
+    return __aexit__
+
+
+_ATOMIC_REPLACEMENTS: dict[str, Callable[[Any], Any]] = {
+    "__aenter__": _atomic_enter,
+    "__aexit__": _atomic_exit,
+}
