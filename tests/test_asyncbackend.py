@@ -408,7 +408,7 @@ def test_the_runners_run_it_the_same(runner: str) -> None:
         args = [str(PROJECT / "manage.py"), "test", "--noinput", "tests.runnerproject.asyncbackend"]
     else:
         args = ["-m", "unittest", "discover", "-s", "tests/runnerproject/asyncbackend", "-t", "."]
-    assert_unittest_ok(run(*args), 2)
+    assert_unittest_ok(run(*args), 8)
 
 
 def test_transactions_of_tasks_that_run_at_once_take_turns() -> None:
