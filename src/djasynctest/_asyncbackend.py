@@ -20,7 +20,10 @@ connection of its own:
   the one that uses it after the task that used it last has ended: hooks, the
   test and requests of the test client run as tasks one after another;
 * closing it closes nothing (its request signals close wrappers at each
-  request of the test client).
+  request of the test client);
+* the transactions of bridged wrappers of tasks that run at once take turns
+  (savepoints must nest on the one connection: see the end of this module);
+* ``captureOnCommitCallbacks`` captures its callbacks too (``CapturedCallbacks``).
 
 Everything else (its ORM, compiler, ``async_atomic``, savepoint ids) is
 django-async-backend's own. Outside such a test (``AsyncTransactionTestCase``,
@@ -97,7 +100,8 @@ async def close_opened(opened: list[Any]) -> None:
         await opened.pop().close()
 
 
-# AsyncDatabaseWrapper's own methods, by name, once replaced (see _REPLACEMENTS).
+# The replaced methods of AsyncDatabaseWrapper (by name) and AsyncAtomic
+# ("AsyncAtomic.<name>"), once replaced: see _REPLACEMENTS, _ATOMIC_REPLACEMENTS.
 ORIGINALS: dict[str, Any] = {}
 
 
