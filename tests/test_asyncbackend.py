@@ -445,3 +445,25 @@ def test_transactions_of_tasks_that_run_at_once_take_turns() -> None:
 
     assert_passed(run_case(AtOnce), 1)
     assert seen == [["a 1", "a 2", "child a 1", "child a 2", "parent"]]
+
+
+def test_a_live_servers_requests_join_the_transaction() -> None:
+    import httpx
+
+    from djasynctest import AsyncLiveServerTestCase
+
+    seen: list[Any] = []
+
+    class Live(AsyncLiveServerTestCase):
+        async def test_it(self) -> None:
+            await Async.async_objects.acreate(name="made by the test")
+            async with httpx.AsyncClient(base_url=self.live_server_url) as http:
+                response = await http.post(
+                    "/async-backend-items/", data={"name": "made by a request"}
+                )
+            seen.append(response.json())
+            seen.append(await Item.objects.acount())
+
+    assert_passed(run_case(Live), 1)
+    assert seen == [{"items": ["made by a request", "made by the test"]}, 2]
+    assert leftover_rows() == {"items": [], "orders": 0}
