@@ -369,9 +369,7 @@ def _tear_down_class(
                     "asyncTearDownClass",
                 )
         finally:
-            result = db.call(
-                _tear_down_on_db_thread, unused, class_context(klass), func, klass, args, kwargs
-            )
+            result = db.call(_tear_down_on_db_thread, unused, func, klass, args, kwargs)
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "tearDownClass") from exc
     return result
@@ -379,7 +377,6 @@ def _tear_down_class(
 
 def _tear_down_on_db_thread(
     unused: Future[Any] | None,
-    context: contextvars.Context | None,
     func: Callable[..., T],
     klass: Any,
     args: tuple[Any, ...],
@@ -390,9 +387,7 @@ def _tear_down_on_db_thread(
     __tracebackhide__ = True
     _undo_unused_pre_setup(unused)
     try:
-        if context is None:
-            return func(klass, *args, **kwargs)
-        return run_in(context, func, klass, *args, **kwargs)
+        return _in_class_context(func, klass, *args, **kwargs)
     finally:
         undo_class_set_up(klass)
 
@@ -471,10 +466,16 @@ def _call_in_class_context(
 ) -> T:
     """M: ``func(klass, ...)`` on D, in the class's context (when the class was set up)."""
     __tracebackhide__ = True
+    return db.call(_in_class_context, func, klass, *args, **kwargs)
+
+
+def _in_class_context(func: Callable[..., T], klass: Any, /, *args: Any, **kwargs: Any) -> T:
+    """D: ``func(klass, ...)`` in the class's context (when the class was set up)."""
+    __tracebackhide__ = True
     context = class_context(klass)
     if context is None:
-        return db.call(func, klass, *args, **kwargs)
-    return db.call(run_in, context, func, klass, *args, **kwargs)
+        return func(klass, *args, **kwargs)
+    return run_in(context, func, klass, *args, **kwargs)
 
 
 def class_context(klass: type) -> contextvars.Context | None:
