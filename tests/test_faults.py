@@ -21,7 +21,7 @@ from django.db import connections
 from djasynctest import AsyncTestCase, _diagnostics
 from djasynctest._dbthread import db_thread
 from tests.testapp.models import Item, Order
-from tests.utils import hang_in_a_query, leftover_rows, run_case
+from tests.utils import hang_in_a_query, leftover_rows, problems_by_test, run_case
 
 FAULTS = ["raises", "cancelled", "times out", "skips"]
 ASYNC_HOOKS = ["setUp", "asyncSetUp", "test", "asyncTearDown", "tearDown", "cleanup"]
@@ -400,7 +400,7 @@ def test_a_sync_test_after_the_db_thread_stopped_fails_with_the_cause() -> None:
 
     result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(Stops))
 
-    problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+    problems = problems_by_test(result)
     # The first loses its rollback with the thread; the rest of the class cannot run.
     assert set(problems) == {"test_1_stops", "test_2_sync", "tearDownClass"}, problems
     for name in problems:
@@ -452,7 +452,7 @@ def test_code_stuck_forever_is_abandoned_with_its_db_thread_and_later_classes_ru
         result = run_then_a_clean_class(suite)
         assert first.abandoned_by == f"test_1_stuck ({__name__}.{Stuck.__qualname__}.test_1_stuck)"
         assert db_thread() is not first
-        problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+        problems = problems_by_test(result)
         assert "test_sees_no_rows" not in problems, problems["test_sees_no_rows"]
         assert set(problems) == {"test_1_stuck", "test_2_after", "tearDownClass"}, problems
         assert "TestTimeout: test_1_stuck" in problems["test_1_stuck"]
@@ -487,7 +487,7 @@ def test_a_sync_set_up_class_that_raises_cancelled_error_fails_its_class(loop_sc
     Cancelled.loop_scope = loop_scope  # type: ignore[assignment]
     result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(Cancelled))
 
-    problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+    problems = problems_by_test(result)
     assert set(problems) == {"setUpClass"}, problems
     assert "was cancelled" in problems["setUpClass"]
     assert CleanAfterwards.seen == [0]
@@ -520,7 +520,7 @@ def test_a_set_up_class_stuck_forever_is_abandoned_and_later_classes_run(
             unittest.defaultTestLoader.loadTestsFromTestCase(StuckClass)
         )
         assert first.abandoned_by is not None
-        problems = {str(case).split()[0]: text for case, text in result.errors + result.failures}
+        problems = problems_by_test(result)
         assert set(problems) == {"setUpClass"}, problems
         assert "TestTimeout" in problems["setUpClass"]
         assert "release.wait()" in problems["setUpClass"]

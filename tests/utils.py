@@ -29,6 +29,11 @@ def problems(result: unittest.TestResult) -> list[str]:
     return [text for _, text in result.errors + result.failures]
 
 
+def problems_by_test(result: unittest.TestResult) -> dict[str, str]:
+    """Each error and failure's text, by the name of its test (or of its class-level hook)."""
+    return {str(case).split()[0]: text for case, text in result.errors + result.failures}
+
+
 def assert_passed(result: unittest.TestResult, count: int, *, skipped: int = 0) -> None:
     texts = problems(result)
     assert texts == [], "\n".join(texts)
