@@ -264,18 +264,18 @@ def thirdparty(session: nox.Session) -> None:
     session.run("python", script, *session.posargs)
 
 
-@nox.session(python=ONE_PYTHON, tags=["ci"])
+@nox.session(python=PYTHONS[1:], tags=["ci"])
 def asyncbackend(session: nox.Session) -> None:
     """django-async-backend's connections inside the test's transaction
     (tests/test_asyncbackend.py, and its how-to's sample): its engine, Django 6.1,
-    PostgreSQL."""
+    PostgreSQL, on each Python it supports (3.12+)."""
     session.install(
         DJANGOS[NEWEST_DJANGO],
         "-e",
         ".",
         "-r",
         "tests/requirements.txt",
-        "psycopg[binary]>=3.1",
+        "psycopg[binary,pool]>=3.1",
         "django-async-backend>=6.1,<6.2",
     )
     if not _postgres_reachable(session):

@@ -5,7 +5,8 @@
 - ``postgres``: PostgreSQL through psycopg 3 (``PGHOST``, ``PGPORT``,
   ``PGUSER``, ``PGPASSWORD`` as libpq reads them; defaults suit a local server);
 - ``postgres-async-backend``: the same through django-async-backend's engine
-  (its app installed too).
+  (its app installed too); with ``DJASYNCTEST_DB_POOL=1``, through connection
+  pools (``OPTIONS["pool"]``), Django's and django-async-backend's.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def databases(prefix: str) -> dict[str, dict[str, Any]]:
                 "PORT": os.environ.get("PGPORT", "5432"),
                 "USER": os.environ.get("PGUSER", "djasynctest"),
                 "PASSWORD": os.environ.get("PGPASSWORD", "djasynctest"),
+                "OPTIONS": {"pool": True} if os.environ.get("DJASYNCTEST_DB_POOL") else {},
             }
             for alias in ALIASES
         }

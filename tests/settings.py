@@ -18,6 +18,8 @@ INSTALLED_APPS = [
 ]
 if BACKEND == "postgres-async-backend":
     INSTALLED_APPS.append("django_async_backend")
+    # With DJASYNCTEST_DB_POOL: its warning about pools under WSGI concerns no test here.
+    ASYNC_BACKEND_DISABLE_POOL_WARNING = True
 STATIC_URL = "static/"
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

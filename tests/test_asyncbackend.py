@@ -143,15 +143,26 @@ def test_on_commit_waits_as_djangos_does_in_a_test_case() -> None:
     assert (ran, held) == ([], [1])
 
 
-def test_assert_num_queries_counts_the_async_backends_queries() -> None:
+def test_assert_num_queries_and_capture_queries_count_the_async_backends_queries() -> None:
+    captured: list[str] = []
+
     class Counted(AsyncTestCase):
-        async def test_it(self) -> None:
+        async def test_counted(self) -> None:
             with self.assertNumQueries(3):
                 await Async.async_objects.acreate(name="one")
                 await Item.objects.acreate(name="two")
                 self.assertEqual(await Async.async_objects.acount(), 2)
 
-    assert_passed(run_case(Counted), 1)
+        async def test_captured(self) -> None:
+            with self.captureQueries() as queries:
+                await Async.async_objects.filter(name="async backend").acount()
+                await Item.objects.filter(name="Django").acount()
+            captured.extend(query["sql"] for query in queries.captured_queries)
+
+    assert_passed(run_case(Counted), 2)
+    assert len(captured) == 2
+    assert "'async backend'" in captured[0]
+    assert "'Django'" in captured[1]
 
 
 def test_raw_cursors_plain_and_named() -> None:
@@ -377,11 +388,44 @@ async def test_writes(owner):
 async def test_rolled_back():
     assert await Item.async_objects.acount() == 0
     assert await Order.async_objects.acount() == 0
+
+
+async def test_counted_and_captured(
+    db, django_assert_num_queries, django_capture_on_commit_callbacks
+):
+    from django_async_backend.db import async_connections
+    from django_async_backend.db.transaction import async_atomic
+
+    with django_assert_num_queries(1) as queries:
+        await Item.async_objects.acount()
+    assert "COUNT" in queries.captured_queries[0]["sql"]
+    async with django_capture_on_commit_callbacks() as callbacks, async_atomic():
+        await async_connections["default"].on_commit(lambda: None)
+    assert len(callbacks) == 1
+
+
+# Committed for real, flushed after each test; the connections each test opened are
+# closed when it ends, or the test database could not be dropped at the end (an error
+# at the last test's teardown).
+@pytest.mark.django_db(transaction=True)
+async def test_commits():
+    assert await Item.async_objects.acount() == 0
+    await Item.async_objects.acreate(name="committed")
+    assert await Item.objects.acount() == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_commits_on_pytest_asyncios_loop():
+    assert await Item.async_objects.acount() == 0
+    await Item.async_objects.acreate(name="committed")
+    assert await Item.objects.acount() == 1
 """
 
 
-def test_the_pytest_plugins_tests_share_the_transaction(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("pool", [False, True], ids=["connections", "pools"])
+def test_the_pytest_plugins_tests_share_the_transaction_or_commit(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pool: bool
 ) -> None:
     import os
     from pathlib import Path
@@ -391,20 +435,41 @@ def test_the_pytest_plugins_tests_share_the_transaction(
     monkeypatch.setenv("PYTHONPATH", str(root))
     suffix = os.environ.get("DJASYNCTEST_NAME_SUFFIX", "") + "_plugin"
     monkeypatch.setenv("DJASYNCTEST_NAME_SUFFIX", suffix)
+    if pool:
+        monkeypatch.setenv("DJASYNCTEST_DB_POOL", "1")
     pytester.makeini(
-        "[pytest]\naddopts = -p djasynctest.pytest -p no:cacheprovider -p no:asyncio\n"
+        "[pytest]\naddopts = -p djasynctest.pytest -p no:cacheprovider\n"
+        "asyncio_default_fixture_loop_scope = function\n"
         "filterwarnings = error\n"
     )
     pytester.makepyfile(test_books=PYTEST_MODULE)
     result = pytester.runpytest_subprocess("-v", timeout=120)
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=5)
 
 
-@pytest.mark.parametrize("runner", ["manage.py", "unittest"])
-def test_the_runners_run_it_the_same(runner: str) -> None:
+def test_connections_left_on_a_closed_loop_are_named_at_the_tests_end() -> None:
+    """A transactional test of the plugin whose code opened connections on a loop of its
+    own (asyncio.run in a sync fixture) and did not close them: they cannot be closed
+    now, and the test database could not be dropped at the end of the run."""
+    from djasynctest.pytest import _close_async_backend, _Test
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    test = _Test(uses_db=True, runs="loop")
+    test.opened = [(object(), loop)]  # a wrapper that connected on it
+    with pytest.raises(RuntimeError, match=r"loop that is closed now.*Close them before"):
+        _close_async_backend(test)
+
+
+@pytest.mark.parametrize("runner", ["manage.py", "unittest", "manage.py with pools"])
+def test_the_runners_run_it_the_same(runner: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_runners import PROJECT, assert_unittest_ok, run
 
-    if runner == "manage.py":
+    if runner == "manage.py with pools":
+        # The bridged tests open none; each AsyncTransactionTestCase test closes the
+        # pool it opened on its loop: the test database is dropped at the end.
+        monkeypatch.setenv("DJASYNCTEST_DB_POOL", "1")
+    if runner.startswith("manage.py"):
         args = [str(PROJECT / "manage.py"), "test", "--noinput", "tests.runnerproject.asyncbackend"]
     else:
         args = ["-m", "unittest", "discover", "-s", "tests/runnerproject/asyncbackend", "-t", "."]

@@ -8,10 +8,12 @@ docstring, and update the canary.
 from __future__ import annotations
 
 import contextvars
+import importlib.util
 import inspect
 import unittest
 
 import django.test
+import pytest
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
 from django.db import transaction
 
@@ -136,6 +138,23 @@ def test_uvicorn_protocols_as_the_live_server_makes_them() -> None:
     assert state.tasks == set()
     assert "def shutdown(self)" in source(H11Protocol)
     assert "self.transport = transport" in source(H11Protocol.connection_made)
+
+
+def test_django_keeps_its_postgresql_connection_pools_by_alias() -> None:
+    """_diagnostics.new_threads leaves out the threads of the pools it keeps there."""
+    pytest.importorskip("psycopg")
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    assert isinstance(DatabaseWrapper._connection_pools, dict)
+    pool = source(DatabaseWrapper.pool.fget)
+    assert "self._connection_pools.setdefault(self.alias, pool)" in pool
+    # psycopg_pool names each thread of a pool after the pool's name.
+    if importlib.util.find_spec("psycopg_pool") is not None:
+        import psycopg_pool
+
+        assert 'name=f"{self.name}-worker-{i}"' in source(
+            psycopg_pool.ConnectionPool._start_workers
+        )
 
 
 def test_asgiref_routes_thread_sensitive_calls_by_loop() -> None:

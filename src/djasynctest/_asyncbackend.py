@@ -79,25 +79,44 @@ def is_bridged(connection: Any) -> bool:
 
 
 # The wrappers that connected for real while a test ran (not bridged: an
-# AsyncTransactionTestCase), to close when it ends.
-_OPENED: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
-    "djasynctest.async_backend_opened", default=None
+# AsyncTransactionTestCase, the plugin's transactional_db), each with the loop it
+# connected on, to close when the test ends.
+_OPENED: contextvars.ContextVar[list[tuple[Any, asyncio.AbstractEventLoop]] | None] = (
+    contextvars.ContextVar("djasynctest.async_backend_opened", default=None)
 )
 
 
-def watch_opened() -> list[Any]:
-    """In a test's context: the list of the async wrappers that will connect in it."""
+def watch_opened() -> tuple[list[Any], contextvars.Token[Any]]:
+    """In a test's context: the list of the async wrappers that will connect in it (and
+    the token that ends the watch)."""
     _install()
     opened: list[Any] = []
-    _OPENED.set(opened)
-    return opened
+    return opened, _OPENED.set(opened)
 
 
-async def close_opened(opened: list[Any]) -> None:
-    """On the test's loop, as it ends: close them, as its request signals would in
-    production (the flush after the test, and dropping the test database, need it)."""
-    while opened:
-        await opened.pop().close()
+def unwatch_opened(token: contextvars.Token[Any]) -> None:
+    _OPENED.reset(token)
+
+
+def opened_on(opened: list[Any]) -> list[asyncio.AbstractEventLoop]:
+    """The loops the watched wrappers connected on, in the order they first did."""
+    return list(dict.fromkeys(loop for _, loop in opened))
+
+
+async def close_opened(opened: list[Any], loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """On the loop they connected on (``loop``; all of them when None), as the test ends:
+    close them, and the connection pools they took connections from, as its request
+    signals, and the end of the process, would in production. The flush after the
+    test, and dropping the test database, need it; a pool cannot outlive its loop."""
+    pooled = {}  # alias -> a wrapper of its pool
+    for wrapper, on in list(opened):
+        if loop is None or on is loop:
+            opened.remove((wrapper, on))
+            await wrapper.close()  # into its pool, if it has one
+            if wrapper.settings_dict["OPTIONS"].get("pool"):
+                pooled[wrapper.alias] = wrapper
+    for wrapper in pooled.values():
+        await wrapper.close_pool()
 
 
 # The replaced methods of AsyncDatabaseWrapper (by name) and AsyncAtomic
@@ -248,7 +267,7 @@ def _get_new_connection(original: Any) -> Any:
             return _Connection()
         opened = _OPENED.get()
         if opened is not None:
-            opened.append(self)
+            opened.append((self, asyncio.get_running_loop()))
         return await original(self, conn_params)
 
     return get_new_connection

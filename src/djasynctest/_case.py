@@ -384,7 +384,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self.addCleanup(self._djat_check_leaks)
         if uses_async_backend():
             # Before the leak check and the rollback or flush.
-            opened = self._asyncioTestContext.run(watch_opened)
+            opened, _ = self._asyncioTestContext.run(watch_opened)
             self.addCleanup(self._djat_close_async_backend, opened)
         self._djat_before_hooks()
         if _overrides(self, "setUp", unittest.TestCase):

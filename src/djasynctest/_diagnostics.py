@@ -434,8 +434,10 @@ def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
     started = {
         thread
         for thread in threading.enumerate()
-        # The loop's default executor (shut down with the loop) and ours.
-        if thread not in before and not thread.name.startswith(_OWN_THREADS)
+        # The loop's default executor (shut down with the loop), ours, and those of
+        # Django's connection pools.
+        if thread not in before
+        and not thread.name.startswith((*_OWN_THREADS, *_connection_pool_threads()))
     } - process_wide_threads()
     if started:
         _join(started)
@@ -448,6 +450,15 @@ def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
 
 
 _OWN_THREADS = ("asyncio_", "uvloop_", "djasynctest-")
+
+
+def _connection_pool_threads() -> tuple[str, ...]:
+    """The names' prefix of the threads of Django's PostgreSQL connection pools
+    (``OPTIONS["pool"]``): started when the DB thread first connects, which may be in
+    a test, and kept for the process."""
+    base = sys.modules.get("django.db.backends.postgresql.base")
+    pools = getattr(getattr(base, "DatabaseWrapper", None), "_connection_pools", {})
+    return tuple(f"{pool.name}-" for pool in pools.values())
 
 
 def _join(threads: set[threading.Thread], grace: float = 0.05) -> None:

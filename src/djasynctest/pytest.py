@@ -46,9 +46,16 @@ import pytest
 from _pytest.fixtures import resolve_fixture_function
 
 from djasynctest._affinity import pin_together
+from djasynctest._asyncbackend import (
+    CapturedCallbacks,
+    close_opened,
+    opened_on,
+    unwatch_opened,
+    uses_async_backend,
+    watch_opened,
+)
 from djasynctest._asyncbackend import bridge as bridge_async_backend
 from djasynctest._asyncbackend import unbridge as unbridge_async_backend
-from djasynctest._asyncbackend import uses_async_backend
 from djasynctest._conf import Options, _check, _close_option, options
 from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
 from djasynctest._dbtools import (
@@ -235,6 +242,9 @@ class _Test:
         self.runs = runs  # "loop": its async test runs on our loop; "db": its sync test on D
         self.db: DBThread | None = None  # while its database is set up
         self.run: Run | None = None  # its runs on its loop, once set up
+        # The django-async-backend wrappers that connected in its transactional test,
+        # each with its loop (see _asyncbackend.watch_opened).
+        self.opened: list[Any] | None = None
 
     def wait(self, job: Future[T]) -> T:
         """M: the outcome of a job of this test on D, within the test's timeout."""
@@ -421,28 +431,22 @@ def _database_on_db_thread(
                 request.addfinalizer(unpin)
         steps = helper(**kwargs)
         test.wait(db.submit(_first_database_step, steps, connection_state()))
-        # M: from here on, thread-sensitive calls made in this context, and in
-        # the copies that every fixture's and the test's coroutine runs in, go to D.
-        routing = enter_routing(db)
-        bridged = _bridge_async_backend(request)
-        test.db = db
-        try:
+        # Undone in reverse, each step even when one before it fails.
+        with contextlib.ExitStack() as undo:
+            undo.callback(_last_database_step, test, db, steps, name)
+            # M: from here on, thread-sensitive calls made in this context, and in
+            # the copies that every fixture's and the test's coroutine runs in, go to D.
+            undo.callback(exit_routing, enter_routing(db))
+            bridged = _bridge_async_backend(request)
+            if bridged is not None:
+                undo.callback(unbridge_async_backend, bridged)
+            elif uses_async_backend():
+                test.opened, watch = watch_opened()
+                undo.callback(_close_async_backend, test)  # before the flush
+                undo.callback(unwatch_opened, watch)
+            test.db = db
+            undo.callback(setattr, test, "db", None)
             yield
-        finally:
-            test.db = None
-            try:
-                if bridged is not None:
-                    unbridge_async_backend(bridged)
-                exit_routing(routing)
-            finally:
-                try:
-                    test.wait(db.submit(_rest, steps, name))
-                except BaseException:
-                    if db.stopped:
-                        # Abandoned after a timeout: pytest-django's database
-                        # blocker must still be restored.
-                        _close(steps)
-                    raise
 
     return database
 
@@ -476,6 +480,43 @@ def _bridge_async_backend(request: pytest.FixtureRequest) -> Any:
     if databases is None:
         return bridge_async_backend({"default"})
     return bridge_async_backend(set(connections) if databases == "__all__" else set(databases))
+
+
+def _close_async_backend(test: _Test, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """M: the django-async-backend connections that a transactional test opened (on
+    ``loop``, or on any), closed on the loops they connected on, as the test ends: the
+    test's, or one of pytest-asyncio's (idle between its runs; a test's own is closed
+    before the test's database, so its runner's teardown closes them first)."""
+    __tracebackhide__ = True
+    opened = test.opened
+    if not opened:
+        return
+    run = test.run
+    for on in opened_on(opened) if loop is None else [loop]:
+        if run is not None and run.loop is not None and on is run.loop.loop:
+            run.run(close_opened(opened, on), contextvars.copy_context())
+        elif not on.is_closed():
+            on.run_until_complete(close_opened(opened, on))
+        else:
+            opened.clear()
+            raise RuntimeError(
+                "djasynctest: the test opened django-async-backend connections on an event "
+                "loop that is closed now, so they cannot be closed, and the test database "
+                "cannot be dropped at the end. Close them before that loop ends (await "
+                "async_connections[alias].close()), or open them on the test's loop."
+            )
+
+
+def _last_database_step(test: _Test, db: DBThread, steps: Generator[None], name: str) -> None:
+    __tracebackhide__ = True
+    try:
+        test.wait(db.submit(_rest, steps, name))
+    except BaseException:
+        if db.stopped:
+            # Abandoned after a timeout: pytest-django's database blocker must
+            # still be restored.
+            _close(steps)
+        raise
 
 
 def _first_database_step(steps: Generator[None], state: ConnectionState) -> None:
@@ -531,6 +572,12 @@ def _tool_on_db_thread(
             make = functools.partial(
                 _counting_on_db_thread if counts else _made, tool, args, options
             )
+            if name == _ON_COMMIT and uses_async_backend():
+                # And django-async-backend's callbacks (see _asyncbackend).
+                from django.db import DEFAULT_DB_ALIAS
+
+                using = options.get("using", DEFAULT_DB_ALIAS)
+                return CapturedCallbacks(db, make, using, options.get("execute", False))
             return OnDBThread(db, make)
 
         return on_db_thread
@@ -676,6 +723,9 @@ def _watch_pytest_asyncio_runner(
         # Before the runner closes its loop, cancelling what is left on it.
         item = request.node
         fixturedef.addfinalizer(functools.partial(_check_pytest_asyncio_leaks, item, loop))
+        test = item.stash.get(_TEST, None)
+        if test is not None:
+            fixturedef.addfinalizer(functools.partial(_close_async_backend, test, loop.loop))
 
 
 def _run_for_pytest_asyncio(

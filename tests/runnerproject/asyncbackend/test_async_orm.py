@@ -44,6 +44,9 @@ class AsyncOrmTests(AsyncTestCase):
     async def test_4_queries_counted(self):
         with self.assertNumQueries(1):
             await Item.async_objects.acount()
+        with self.captureQueries() as queries:
+            await Item.async_objects.filter(name="pen").acount()
+        self.assertIn("'pen'", queries.captured_queries[0]["sql"])
 
     async def test_5_tasks(self):
         await Item.async_objects.acount()
