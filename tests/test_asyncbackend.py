@@ -390,6 +390,26 @@ async def test_rolled_back():
     assert await Order.async_objects.acount() == 0
 
 
+async def test_savepoints_tasks_and_requests(owner, async_client):
+    import asyncio
+
+    from django_async_backend.db.transaction import async_atomic
+
+    try:
+        async with async_atomic():
+            await Item.async_objects.acreate(name="undone")
+            raise ValueError
+    except ValueError:
+        pass
+    await Item.async_objects.acreate(name="kept")
+    # One task owns a connection, as in production.
+    with pytest.raises(RuntimeError, match="owned by another task"):
+        await asyncio.gather(Item.async_objects.acount(), Item.async_objects.acount())
+    response = await async_client.post("/async-backend-items/", {"name": "posted"})
+    assert response.json() == {"items": ["kept", "posted"]}
+    assert await Item.objects.acount() == 2
+
+
 async def test_counted_and_captured(
     db, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
@@ -444,7 +464,7 @@ def test_the_pytest_plugins_tests_share_the_transaction_or_commit(
     )
     pytester.makepyfile(test_books=PYTEST_MODULE)
     result = pytester.runpytest_subprocess("-v", timeout=120)
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
 
 
 def test_connections_left_on_a_closed_loop_are_named_at_the_tests_end() -> None:
