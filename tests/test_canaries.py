@@ -261,6 +261,13 @@ def test_asyncio_runner_run_as_run_on_mirrors_it() -> None:
     ):
         assert line in run, line
     assert "def _on_sigint(self, signum, frame, main_task):" in source(asyncio.Runner)
+    # run_on calls the functions that the signal module wraps (with enum conversions).
+    import _signal
+    import signal
+
+    assert "_signal.signal(" in source(signal.signal)
+    assert "_signal.getsignal(" in source(signal.getsignal)
+    assert _signal.default_int_handler is signal.default_int_handler
 
 
 def test_pytest_django_chooses_its_test_case_as_the_plugin_reads_it() -> None:
