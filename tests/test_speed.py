@@ -162,8 +162,8 @@ def test_threads_and_processes_a_test_starts_get_the_processs_cpus() -> None:
 
 @pytest.mark.parametrize("loop_scope", ["test", "class"])
 def test_a_sync_test_is_handed_to_the_db_thread_once(loop_scope: str) -> None:
-    """Its hooks, body, cleanups and rollback run there in one job; the next test's set-up
-    is the only other. Async code that turns up still runs on the loop."""
+    """Its per-test set-up, hooks, body, cleanups and rollback run there in one job.
+    Async code that turns up still runs on the loop."""
     jobs: list[int] = []
     seen: list[tuple[str, int]] = []
 
@@ -191,5 +191,41 @@ def test_a_sync_test_is_handed_to_the_db_thread_once(loop_scope: str) -> None:
     AllSync.loop_scope = loop_scope  # type: ignore[assignment]
     assert_passed(run_case(AllSync), 3)
     # test_2's async cleanup makes one ORM call: one job more.
-    assert [later - earlier for earlier, later in itertools.pairwise(jobs)] == [2, 3]
+    assert [later - earlier for earlier, later in itertools.pairwise(jobs)] == [1, 2]
     assert seen == [("db", 2), ("db", 1), ("main", 1), ("db", 1)]
+
+
+def test_a_class_is_torn_down_and_cleaned_up_in_one_hand_over() -> None:
+    """tearDownClass, the end of the class atomics and the class cleanups run in one job,
+    in that order, as unittest calls them; a failing tearDownClass still gets its cleanups."""
+    seen: list[tuple[str, int]] = []
+
+    class Cleaned(AsyncTestCase):
+        fail = False
+
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            cls.addClassCleanup(lambda: seen.append(("cleanup", db_thread().jobs_started)))
+
+        def test_it(self) -> None:
+            Item.objects.create(name="test")
+
+        @classmethod
+        def tearDownClass(cls) -> None:
+            seen.append(("tearDownClass", db_thread().jobs_started))
+            super().tearDownClass()
+            if cls.fail:
+                raise ValueError("tearDownClass failed")
+
+    assert_passed(run_case(Cleaned), 1)
+    assert [name for name, _ in seen] == ["tearDownClass", "cleanup"]
+    assert seen[0][1] == seen[1][1]
+
+    seen.clear()
+    Cleaned.fail = True
+    result = run_case(Cleaned)
+    assert [name for name, _ in seen] == ["tearDownClass", "cleanup"]
+    assert len(result.errors) == 1
+    assert "ValueError: tearDownClass failed" in result.errors[0][1]
+    assert Item.objects.count() == 0

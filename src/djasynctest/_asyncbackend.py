@@ -56,10 +56,18 @@ _BRIDGED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 
 
 def uses_async_backend() -> bool:
-    """Whether a database of the project uses django-async-backend's engine."""
+    """Whether a database of the project uses django-async-backend's engine (asked for
+    each test: the answer is kept for the settings' ``DATABASES``)."""
     from django.conf import settings
 
-    return any(database.get("ENGINE") == ENGINE for database in settings.DATABASES.values())
+    global _uses
+    databases = settings.DATABASES
+    if _uses[0] is not databases:
+        _uses = databases, any(db.get("ENGINE") == ENGINE for db in databases.values())
+    return _uses[1]
+
+
+_uses: tuple[Any, bool] = (None, False)  # DATABASES, and whether it uses the engine
 
 
 def bridge(aliases: Collection[str]) -> contextvars.Token[frozenset[str]]:

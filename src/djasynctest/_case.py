@@ -165,6 +165,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _djat_reset(self) -> None:
         self._djat_all_sync: bool | None = None
         self._djat_pre_setup = None
+        # Run on D whole (_djat_run_on_db_thread): its per-test setup is done in place.
+        self._djat_whole_on_db = False
+        self._djat_set_up_in_place = False
         self._djat_routing = None
         self._djat_teardown_due = False
         self._djat_started = False
@@ -208,6 +211,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         With a timeout, the test takes the usual way, where this thread waits
         for each part with the deadline.
         """
+        self._djat_whole_on_db = True
         self._setupAsyncioRunner()
         try:
             return outcome(db_thread().submit_hosted(unittest.TestCase.run, self, result))
@@ -218,9 +222,17 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         return type(self).__dict__.get("_djat_options") or options(type(self))
 
     def _djat_is_all_sync(self) -> bool:
-        """Whether the test method and its hooks are all plain functions (see _all_sync)."""
+        """Whether the test method and its per-test hooks are all plain functions (the
+        hooks' answer is kept for the class)."""
         if self._djat_all_sync is None:
-            self._djat_all_sync = _all_sync(self)
+            cls = type(self)
+            hooks_sync: bool | None = cls.__dict__.get("_djat_hooks_sync")
+            if hooks_sync is None:
+                hooks_sync = _hooks_sync(self)
+                cls._djat_hooks_sync = hooks_sync  # type: ignore[attr-defined]
+            self._djat_all_sync = hooks_sync and not iscoroutinefunction(
+                getattr(self, self._testMethodName)
+            )
         return self._djat_all_sync
 
     def debug(self) -> None:
@@ -268,7 +280,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         cls = type(self)
         if not _is_skipped(self):
             pending = take_next_pre_setup(cls)
-            if pending is None:
+            if pending is None and self._djat_whole_on_db:
+                # In place, in the one hand-over of the test (_callSetUp).
+                self._djat_set_up_in_place = True
+            elif pending is None:
                 try:
                     pending = db_thread().submit(self._djat_run_pre_setup)
                 except RuntimeError as exc:
@@ -370,8 +385,12 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _callSetUp(self) -> None:
         # M, or D for a test run there whole (_djat_run_on_db_thread).
         pending, self._djat_pre_setup = self._djat_pre_setup, None
-        if pending is not None:
-            _finish(pending)
+        in_place, self._djat_set_up_in_place = self._djat_set_up_in_place, False
+        if pending is not None or in_place:
+            if pending is not None:
+                _finish(pending)
+            else:
+                self._djat_run_pre_setup()
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
         if not (self._djat_is_all_sync() and class_context(type(self)) is not None):
@@ -667,11 +686,10 @@ def _is_skipped(case: unittest.TestCase) -> bool:
     )
 
 
-def _all_sync(case: unittest.TestCase) -> bool:
-    """Whether the test method and its per-test hooks are all plain functions."""
+def _hooks_sync(case: unittest.TestCase) -> bool:
+    """Whether the per-test hooks of the test's class are all plain functions."""
     return not (
-        iscoroutinefunction(getattr(case, case._testMethodName))
-        or iscoroutinefunction(case.setUp)
+        iscoroutinefunction(case.setUp)
         or iscoroutinefunction(case.tearDown)
         or _overrides(case, "asyncSetUp", unittest.IsolatedAsyncioTestCase)
         or _overrides(case, "asyncTearDown", unittest.IsolatedAsyncioTestCase)

@@ -123,6 +123,11 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
             # Ctrl-C ended the run and, with the DB thread, the class's transaction;
             # pytest still tears classes down.
             return None
+        if name == "doClassCleanups" and klass.__dict__.get("_djat_cleaned_up"):
+            # Run by tearDownClass's job already (_tear_down_on_db_thread).
+            del klass._djat_cleaned_up
+            _class_done(klass)
+            return None
         if db.stopped and name == "doClassCleanups":
             # unittest calls doClassCleanups unguarded: run the class cleanups
             # here, but not Django's, which restores the connections of D.
@@ -383,13 +388,27 @@ def _tear_down_on_db_thread(
     kwargs: dict[str, Any],
 ) -> T:
     # D, in one hand-over: undo the set-up queued for a next test that never came,
-    # run tearDownClass (in the class's context), and end the class atomics.
+    # run tearDownClass (in the class's context), end the class atomics, and run the
+    # class cleanups, which unittest and pytest call right after tearDownClass
+    # whether it failed or not (doClassCleanups then has nothing left to do).
     __tracebackhide__ = True
     _undo_unused_pre_setup(unused)
     try:
-        return _in_class_context(func, klass, *args, **kwargs)
-    finally:
-        undo_class_set_up(klass)
+        try:
+            result = _in_class_context(func, klass, *args, **kwargs)
+        finally:
+            undo_class_set_up(klass)
+    except Exception:
+        _in_class_context(_do_class_cleanups, klass)
+        raise
+    _in_class_context(_do_class_cleanups, klass)
+    return result
+
+
+def _do_class_cleanups(klass: Any) -> None:
+    # D, in the class's context.
+    klass.doClassCleanups()
+    klass._djat_cleaned_up = True
 
 
 def check_class_transaction(case: Any) -> None:
@@ -434,6 +453,10 @@ def queue_next_pre_setup(case: Any) -> None:
     cls: Any = type(case)
     if not cls.__dict__.get("_djat_set_up") or "_djat_lost" in cls.__dict__:
         return  # a test run on its own, outside setUpClass/tearDownClass; or no transaction
+    if case._djat_whole_on_db:
+        # M has nothing to do meanwhile (the next test is most likely all sync too, and
+        # sets up in place, in its one hand-over): a job of its own would only cost.
+        return
     if issubclass(cls, TestCase):
         if not (cls._databases_support_transactions() and cls._databases_support_savepoints()):
             return

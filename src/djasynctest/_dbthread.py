@@ -378,13 +378,18 @@ _current: DBThread | None = None
 _PARENTS_THREAD = threading.Thread(name="djasynctest-db (of the parent process)")
 
 
+# This process's id, which a syscall would return each time (read for each test).
+_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
     # A server process that a sync setUpClass forks starts on the DB thread's
     # thread, in its context: it must not think it is the DB thread, nor send its
     # thread-sensitive work to a thread that does not exist in it. db_thread()
     # starts a new one for the child on first use (it checks the pid).
-    global _lock
+    global _lock, _pid
     _lock = threading.Lock()
+    _pid = os.getpid()
     if _current is not None:
         _current._forked_away()
 
@@ -400,11 +405,7 @@ def db_thread(*, replace_stopped: bool = False) -> DBThread:
     """
     global _current
     current = _current
-    if (
-        current is not None
-        and current.pid == os.getpid()
-        and not (replace_stopped and current.stopped)
-    ):
+    if current is not None and current.pid == _pid and not (replace_stopped and current.stopped):
         return current
     with _lock:
         if (
@@ -441,6 +442,6 @@ def _close_connections() -> None:
 def running_db_thread() -> DBThread | None:
     """The process's DB thread if it has been started, without starting one."""
     current = _current
-    if current is not None and current.pid == os.getpid():
+    if current is not None and current.pid == _pid:
         return current
     return None
