@@ -11,9 +11,10 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 # "test_x (app.tests.Class.test_x) ... ok", the docstring's first line, if
-# any, on a line of its own before " ... ok".
+# any, on a line of its own before " ... ok"; a failing subtest's line has its
+# description after the test's: " [message]" or " (key=value)".
 RESULT = re.compile(
-    r"^(?P<test>\w+ \([\w.]+\))(?:\n[^\n]*?)? \.\.\. "
+    r"^(?P<test>\w+ \([\w.]+\))(?: \[[^\n]*\]| \([^\n]*\))?(?:\n[^\n]*?)? \.\.\. "
     r"(?P<outcome>ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
     re.MULTILINE,
 )
@@ -45,7 +46,11 @@ def sdist(name: str, version: str, cache: Path) -> Path:
 
 def runner_outcomes(output: str, command: list[str]) -> dict[str, str]:
     """Each test's outcome, from the output of Django's runner at verbosity 2."""
-    found = {match["test"]: match["outcome"] for match in RESULT.finditer(output)}
+    found: dict[str, str] = {}
+    for match in RESULT.finditer(output):
+        # A test whose subtest failed has that outcome (it prints no "ok" of its own).
+        if found.get(match["test"], "ok") == "ok":
+            found[match["test"]] = match["outcome"]
     ran = RAN.search(output)
     # unittest counts no test for an error in setUpClass, setUpModule...
     class_level = sum(1 for test in found if test.startswith(CLASS_LEVEL))
@@ -82,6 +87,16 @@ def allowed(path: Path) -> dict[str, str]:
     return entries
 
 
+def broken(plain: dict[str, str], swapped: dict[str, str], allow: dict[str, str]) -> list[str]:
+    """The tests that pass as published and ran swapped without passing (but for ``allow``)."""
+    not_passing = {test for test, outcome in plain.items() if outcome != "ok"}
+    return sorted(
+        test
+        for test, outcome in swapped.items()
+        if outcome != "ok" and test not in not_passing and test not in allow
+    )
+
+
 def compare(
     plain: dict[str, str], swapped: dict[str, str], allow: dict[str, str], name: str
 ) -> bool:
@@ -91,22 +106,18 @@ def compare(
     passing = len(plain) - len(not_passing)
     # Every test that passes as it is must pass swapped: those that ran and did
     # not pass, unless they do not pass as they are, and those that did not run.
-    broken = sorted(
-        test
-        for test, outcome in swapped.items()
-        if outcome != "ok" and test not in not_passing and test not in allow
-    )
+    failed = broken(plain, swapped, allow)
     swapped_ok = sum(outcome == "ok" for outcome in swapped.values())
     missing = passing - sum(1 for test in swapped if test not in not_passing)
     print(f"{name}:")
     print(f"  as published:          {passing} passed of {len(plain)}")
     print(f"  with djasynctest's:    {swapped_ok} passed of {len(swapped)}")
     print(f"  allowed to differ:     {len(allow)}")
-    for test in broken:
+    for test in failed:
         print(f"  BROKEN: {test}: {swapped[test]}")
     if missing > 0:
         print(f"  BROKEN: {missing} tests that pass as published did not run swapped")
     stale = sorted(test for test in allow if swapped.get(test) == "ok")
     for test in stale:
         print(f"  passes now, remove from the allow-list: {test}")
-    return not (broken or stale or missing > 0)
+    return not (failed or stale or missing > 0)

@@ -6,7 +6,9 @@ Django (its sdist has ``tests/`` and ``runtests.py``), runs the chosen apps
 and ``TransactionTestCase`` replaced by ``AsyncTestCase`` and
 ``AsyncTransactionTestCase`` before any test module imports them, and fails
 unless every test that passes the first time passes the second time (but for
-the reviewed entries of ``allowlist.txt``).
+the reviewed entries of ``allowlist.txt``). A few tests that fail swapped (at
+most ``RERUN_AT_MOST``) run again on their own, swapped, and their second
+outcome counts: some of Django's tests time their own code.
 
 The first run, of Django's whole suite, takes as long as the second: ``--all
 --record`` keeps what it found in ``baseline/`` (the tests that do not pass,
@@ -26,9 +28,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from outcomes import allowed, compare, runner_outcomes, sdist
+from outcomes import allowed, broken, compare, runner_outcomes, sdist
 
 HERE = Path(__file__).resolve().parent
+# More tests than this that fail swapped are a real break, not a loaded machine's timing.
+RERUN_AT_MOST = 5
 APPS = [
     "test_utils",
     "fixtures",
@@ -146,6 +150,16 @@ def main() -> int:
             record_baseline(plain)
     swapped = outcomes(tests, apps, swapped=True, parallel=options.parallel)
     allow = allowed(HERE / "allowlist.txt")
+    failed = broken(plain, swapped, allow)
+    if 0 < len(failed) <= RERUN_AT_MOST:
+        # A few of Django's tests time their own code (test_crafted_xml_performance):
+        # on a loaded machine they can fail either way. Each that failed swapped runs
+        # again, swapped, on its own; its second outcome counts.
+        labels = [test.partition(" (")[2].rstrip(")") for test in failed]
+        again = outcomes(tests, labels, swapped=True, parallel=1)
+        for test in failed:
+            print(f"Ran {test} again, swapped: {again.get(test, 'did not run')}")
+            swapped[test] = again.get(test, swapped[test])
     ok = compare(plain, swapped, allow, f"Django's own tests ({', '.join(apps) or 'every app'})")
     return 0 if ok else 1
 
