@@ -33,6 +33,7 @@ import contextvars
 import functools
 import inspect
 import threading
+import types
 import unittest
 import warnings
 from collections.abc import Callable, Collection, Coroutine, Sequence
@@ -230,7 +231,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if hooks_sync is None:
                 hooks_sync = _hooks_sync(self)
                 cls._djat_hooks_sync = hooks_sync  # type: ignore[attr-defined]
-            self._djat_all_sync = hooks_sync and not iscoroutinefunction(
+            self._djat_all_sync = hooks_sync and not _is_async(
                 getattr(self, self._testMethodName)
             )
         return self._djat_all_sync
@@ -415,10 +416,12 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         """M, in the test's context and transaction, before ``setUp``: for subclasses."""
 
     @classmethod
+    @default_hook
     async def _djat_class_started(cls) -> None:
         """With ``loop_scope = "class"``: runs on its loop before ``asyncSetUpClass``."""
 
     @classmethod
+    @default_hook
     async def _djat_class_ending(cls) -> None:
         """With ``loop_scope = "class"``: runs on its loop after ``asyncTearDownClass``."""
 
@@ -481,7 +484,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         """Run a hook, test or cleanup: coroutines on the loop, the rest on D."""
         __tracebackhide__ = True
         self._djat_left_behind()
-        if iscoroutinefunction(func):
+        if _is_async(func):
             return self._djat_run_coroutine(func(*args, **kwargs))
         db, deadline, context = db_thread(), self._djat_deadline, self._asyncioTestContext
         if db.is_current():
@@ -684,6 +687,16 @@ def _is_skipped(case: unittest.TestCase) -> bool:
         getattr(type(case), "__unittest_skip__", False)
         or getattr(method, "__unittest_skip__", False)
     )
+
+
+def _is_async(func: Any) -> bool:
+    """asgiref's ``iscoroutinefunction``, quick for a plain function or method (most
+    tests and hooks; asked for each): one with attributes of its own (a marker, a
+    wrapper's ``__wrapped__``) takes asgiref's way."""
+    plain = getattr(func, "__func__", func)
+    if type(plain) is types.FunctionType and not plain.__dict__:
+        return bool(plain.__code__.co_flags & inspect.CO_COROUTINE)
+    return iscoroutinefunction(func)
 
 
 def _hooks_sync(case: unittest.TestCase) -> bool:
