@@ -188,14 +188,14 @@ def _set_up_class(
         and klass._databases_support_transactions()
     ):
         context.run(bridge_async_backend, _aliases(klass))
-    if opts.loop_scope == "test" and not isinstance(
-        inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData
-    ):
-        # Nothing async to run at class level: D sets the class up in the
-        # class's context, in one hand-over.
+    if not isinstance(inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData):
+        # No async setUpTestData: D sets the class up in the class's context, in one
+        # hand-over, with no event loop running.
         job = db.submit_hosted(run_in, context, set_up, klass, *args, **kwargs)
         try:
             result = _within_timeout_sync(job, klass, "setUpClass")
+            if opts.loop_scope != "test":
+                _start_class_loop(db, klass, context, opts)
         except asyncio.CancelledError as exc:
             raise _cancelled(klass, "setUpClass") from exc
         klass._djat_set_up = True
@@ -224,20 +224,43 @@ def _set_up_class(
             class_loop = klass._djat_class_loop = ClassLoop(context, loop)
             try:
                 result = _within_timeout(class_loop.run, loop.loop, call, klass, "setUpClass")
-                _within_timeout(
-                    class_loop.run, loop.loop, _class_started(klass), klass, "asyncSetUpClass"
-                )
             except BaseException:
                 # Closing the loop first cancels what D may still wait for (an
                 # async setUpTestData that timed out), then D rolls back.
                 _close_class_loop(klass)
                 db.call(undo_class_set_up, klass)
                 raise
+            _start_class_loop(db, klass, context, opts)
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "setUpClass") from exc
     # Until tearDownClass, a test's rollback may set the next test up.
     klass._djat_set_up = True
     return result
+
+
+def _start_class_loop(db: DBThread, klass: Any, context: contextvars.Context, opts: Any) -> None:
+    """M, once the class is set up: its loop (made now, unless setUpTestData made it),
+    and ``asyncSetUpClass`` on it, if the class has one; a failure rolls the class back."""
+    __tracebackhide__ = True
+    class_loop = klass.__dict__.get("_djat_class_loop")
+    if class_loop is None:
+        loop = loop_for(
+            opts.loop_scope,
+            klass.__module__,
+            debug=opts.loop_debug,
+            loop_factory=opts.loop_factory,
+        )
+        class_loop = klass._djat_class_loop = ClassLoop(context, loop)
+    if not (_defines(klass, "asyncSetUpClass") or _defines(klass, "_djat_class_started")):
+        return
+    try:
+        _within_timeout(
+            class_loop.run, class_loop.loop.loop, _class_started(klass), klass, "asyncSetUpClass"
+        )
+    except BaseException:
+        _close_class_loop(klass)
+        db.call(undo_class_set_up, klass)
+        raise
 
 
 async def _class_started(klass: Any) -> None:
@@ -365,7 +388,9 @@ def _tear_down_class(
     unused = take_next_pre_setup(klass)
     try:
         try:
-            if class_loop is not None:
+            if class_loop is not None and (
+                _defines(klass, "asyncTearDownClass") or _defines(klass, "_djat_class_ending")
+            ):
                 _within_timeout(
                     class_loop.run,
                     class_loop.loop.loop,
