@@ -231,9 +231,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if hooks_sync is None:
                 hooks_sync = _hooks_sync(self)
                 cls._djat_hooks_sync = hooks_sync  # type: ignore[attr-defined]
-            self._djat_all_sync = hooks_sync and not _is_async(
-                getattr(self, self._testMethodName)
-            )
+            self._djat_all_sync = hooks_sync and not _is_async(getattr(self, self._testMethodName))
         return self._djat_all_sync
 
     def debug(self) -> None:
@@ -299,31 +297,25 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             # What the class's hooks set, for this test alone.
             self._asyncioTestContext = context.copy()
         self._djat_started = True
-        class_loop = cls.__dict__.get("_djat_class_loop")
-        if class_loop is not None:
-            self._djat_use(class_loop.loop)
-        elif opts.loop_scope in ("module", "session"):
-            self._djat_use(
-                loop_for(
-                    opts.loop_scope,
-                    cls.__module__,
-                    debug=opts.loop_debug,
-                    loop_factory=opts.loop_factory,
-                )
-            )
-        elif not self._djat_is_all_sync():
-            # A loop of its own (also for a test run outside its class's set-up,
-            # which shares no class loop), made now, while D works. A test whose
-            # code is all sync gets one only if async code turns up.
-            self._djat_use(self._djat_new_loop())
+        if not self._djat_is_all_sync():
+            # Its loop, made now (with a loop per test) while D works. A test whose code
+            # is all sync gets one only if async code turns up, and no watch on it.
+            self._djat_use(self._djat_test_loop())
         self._djat_run = Run(
             self._djat_loop, opts, str(self), warn=functools.partial(warn_at_test, self)
         )
 
-    def _djat_new_loop(self) -> Loop:
-        opts = self._djat_options
+    def _djat_test_loop(self) -> Loop:
+        """M: the loop the test runs on: its class's, its module's or the session's (by
+        its ``loop_scope``), or a loop of its own (also for a test run outside its class's
+        set-up, which shares no class loop)."""
+        cls, opts = type(self), self._djat_options
+        class_loop = cls.__dict__.get("_djat_class_loop")
+        if class_loop is not None:
+            return class_loop.loop  # type: ignore[no-any-return]
+        scope = opts.loop_scope if opts.loop_scope in ("module", "session") else "test"
         return loop_for(
-            "test", type(self).__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
+            scope, cls.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
         )
 
     def _djat_use(self, loop: Loop) -> None:
@@ -530,7 +522,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         run = self._djat_run
         assert run is not None, "the test is not set up"
         if self._djat_loop is None:
-            self._djat_use(self._djat_new_loop())
+            self._djat_use(self._djat_test_loop())
         return run.run(coro, context or self._asyncioTestContext)
 
     def _djat_close_async_backend(self, opened: list[Any]) -> None:
