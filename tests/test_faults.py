@@ -298,6 +298,33 @@ def run_then_a_clean_class(*tests: unittest.TestCase | unittest.TestSuite) -> un
     return result
 
 
+def test_a_class_whose_loop_cannot_be_made_is_rolled_back() -> None:
+    """The class's loop is made once it is set up (on the DB thread, with no loop): a
+    loop_factory that fails still rolls back setUpTestData's rows and the class atomics."""
+
+    def broken_factory() -> asyncio.AbstractEventLoop:
+        raise RuntimeError("no loop today")
+
+    class NoLoop(AsyncTestCase):
+        loop_scope = "class"
+        loop_factory = staticmethod(broken_factory)
+
+        @classmethod
+        def setUpTestData(cls) -> None:
+            Item.objects.create(name="class data")
+
+        async def test_it(self) -> None:
+            raise AssertionError("must not run")
+
+    result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(NoLoop))
+
+    problems = problems_by_test(result)
+    assert set(problems) == {"setUpClass"}, problems
+    assert "no loop today" in problems["setUpClass"]
+    assert CleanAfterwards.seen == [0]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
 @pytest.mark.parametrize(("hook", "fault"), CLASS_CASES, ids=[" ".join(c) for c in CLASS_CASES])
 def test_class_level_fault_is_reported_and_the_class_rolled_back(hook: str, fault: str) -> None:
     ran: list[str] = []

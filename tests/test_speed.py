@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import unittest
 from typing import Any
 
 import pytest
@@ -229,3 +230,38 @@ def test_a_class_is_torn_down_and_cleaned_up_in_one_hand_over() -> None:
     assert len(result.errors) == 1
     assert "ValueError: tearDownClass failed" in result.errors[0][1]
     assert Item.objects.count() == 0
+
+
+def test_class_cleanups_run_after_a_debug_run_that_skipped_them() -> None:
+    """unittest's debug() stops at a failing tearDownClass before its doClassCleanups: a
+    later run of the class whose setUpClass fails still runs its class cleanups."""
+    ran: list[str] = []
+
+    class Debugged(AsyncTestCase):
+        fail_set_up = False
+
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            cls.addClassCleanup(ran.append, "cleanup")
+            if cls.fail_set_up:
+                raise ValueError("setUpClass failed")
+
+        def test_it(self) -> None:
+            pass
+
+        @classmethod
+        def tearDownClass(cls) -> None:
+            super().tearDownClass()
+            if not cls.fail_set_up:
+                raise ValueError("tearDownClass failed")
+
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(Debugged)
+    with pytest.raises(ValueError, match="tearDownClass failed"):
+        suite.debug()
+    assert ran == ["cleanup"]  # in tearDownClass's hand-over
+
+    Debugged.fail_set_up = True
+    result = run_case(Debugged)
+    assert "setUpClass failed" in result.errors[0][1]
+    assert ran == ["cleanup", "cleanup"]

@@ -162,6 +162,9 @@ def _set_up_class(
 ) -> Any:
     # M.
     __tracebackhide__ = True
+    if "_djat_cleaned_up" in klass.__dict__:
+        # Left by a run of the class whose doClassCleanups never came (debug(), Ctrl-C).
+        del klass._djat_cleaned_up
     opts = options(klass)
     klass._djat_options = opts
     if opts.loop_scope == "test":
@@ -230,7 +233,7 @@ def _set_up_class(
                 _close_class_loop(klass)
                 db.call(undo_class_set_up, klass)
                 raise
-            _start_class_loop(db, klass, context, opts)
+            _start_class_loop(db, klass, context, opts, class_loop)
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "setUpClass") from exc
     # Until tearDownClass, a test's rollback may set the next test up.
@@ -238,25 +241,33 @@ def _set_up_class(
     return result
 
 
-def _start_class_loop(db: DBThread, klass: Any, context: contextvars.Context, opts: Any) -> None:
+def _start_class_loop(
+    db: DBThread,
+    klass: Any,
+    context: contextvars.Context,
+    opts: Any,
+    class_loop: ClassLoop | None = None,
+) -> None:
     """M, once the class is set up: its loop (made now, unless setUpTestData made it),
     and ``asyncSetUpClass`` on it, if the class has one; a failure rolls the class back."""
     __tracebackhide__ = True
-    class_loop = klass.__dict__.get("_djat_class_loop")
-    if class_loop is None:
-        loop = loop_for(
-            opts.loop_scope,
-            klass.__module__,
-            debug=opts.loop_debug,
-            loop_factory=opts.loop_factory,
-        )
-        class_loop = klass._djat_class_loop = ClassLoop(context, loop)
-    if not (_defines(klass, "asyncSetUpClass") or _defines(klass, "_djat_class_started")):
-        return
     try:
-        _within_timeout(
-            class_loop.run, class_loop.loop.loop, _class_started(klass), klass, "asyncSetUpClass"
-        )
+        if class_loop is None:
+            loop = loop_for(
+                opts.loop_scope,
+                klass.__module__,
+                debug=opts.loop_debug,
+                loop_factory=opts.loop_factory,
+            )
+            class_loop = klass._djat_class_loop = ClassLoop(context, loop)
+        if _defines(klass, "asyncSetUpClass") or _defines(klass, "_djat_class_started"):
+            _within_timeout(
+                class_loop.run,
+                class_loop.loop.loop,
+                _class_started(klass),
+                klass,
+                "asyncSetUpClass",
+            )
     except BaseException:
         _close_class_loop(klass)
         db.call(undo_class_set_up, klass)
@@ -431,9 +442,12 @@ def _tear_down_on_db_thread(
 
 
 def _do_class_cleanups(klass: Any) -> None:
-    # D, in the class's context.
-    klass.doClassCleanups()
-    klass._djat_cleaned_up = True
+    # D, in the class's context. Run once: unittest's own does not raise, and one that
+    # does is reported with tearDownClass, not run again.
+    try:
+        klass.doClassCleanups()
+    finally:
+        klass._djat_cleaned_up = True
 
 
 def check_class_transaction(case: Any) -> None:
