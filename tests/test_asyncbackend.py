@@ -467,18 +467,34 @@ def test_the_pytest_plugins_tests_share_the_transaction_or_commit(
     result.assert_outcomes(passed=6)
 
 
-def test_connections_left_on_a_closed_loop_are_named_at_the_tests_end() -> None:
-    """A transactional test of the plugin whose code opened connections on a loop of its
-    own (asyncio.run in a sync fixture) and did not close them: they cannot be closed
-    now, and the test database could not be dropped at the end of the run."""
+def test_connections_opened_on_a_loop_gone_since_are_closed_all_the_same() -> None:
+    """A transactional test of the plugin whose sync fixture opened a connection through
+    async_to_sync, on a loop that is gone at the test's end: it is closed on a loop made
+    for it (the test database could not be dropped at the end of the run otherwise), and
+    one that fails to close does not keep the others open."""
     from djasynctest.pytest import _close_async_backend, _Test
 
-    loop = asyncio.new_event_loop()
-    loop.close()
+    closed: list[str] = []
+
+    class Wrapper:
+        settings_dict: dict[str, Any] = {"OPTIONS": {}}
+
+        def __init__(self, name: str, *, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        async def close(self) -> None:
+            closed.append(self.name)
+            if self.fails:
+                raise OSError("connection already broken")
+
+    gone = asyncio.new_event_loop()
+    gone.close()
     test = _Test(uses_db=True, runs="loop")
-    test.opened = [(object(), loop)]  # a wrapper that connected on it
-    with pytest.raises(RuntimeError, match=r"loop that is closed now.*Close them before"):
+    test.opened = [(Wrapper("first", fails=True), gone), (Wrapper("second"), gone)]
+    with pytest.raises(OSError, match="already broken"):
         _close_async_backend(test)
+    assert closed == ["first", "second"]
+    assert test.opened == []
 
 
 @pytest.mark.parametrize("runner", ["manage.py", "unittest", "manage.py with pools"])

@@ -117,14 +117,23 @@ async def close_opened(opened: list[Any], loop: asyncio.AbstractEventLoop | None
     signals, and the end of the process, would in production. The flush after the
     test, and dropping the test database, need it; a pool cannot outlive its loop."""
     pooled = {}  # alias -> a wrapper of its pool
+    errors = []
     for wrapper, on in list(opened):
         if loop is None or on is loop:
             opened.remove((wrapper, on))
-            await wrapper.close()  # into its pool, if it has one
             if wrapper.settings_dict["OPTIONS"].get("pool"):
                 pooled[wrapper.alias] = wrapper
+            try:
+                await wrapper.close()  # into its pool, if it has one
+            except Exception as exc:  # the others are closed all the same
+                errors.append(exc)
     for wrapper in pooled.values():
-        await wrapper.close_pool()
+        try:
+            await wrapper.close_pool()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 # The replaced methods of AsyncDatabaseWrapper (by name) and AsyncAtomic

@@ -484,27 +484,26 @@ def _bridge_async_backend(request: pytest.FixtureRequest) -> Any:
 
 def _close_async_backend(test: _Test, loop: asyncio.AbstractEventLoop | None = None) -> None:
     """M: the django-async-backend connections that a transactional test opened (on
-    ``loop``, or on any), closed on the loops they connected on, as the test ends: the
+    ``loop``, or on any), closed as the test ends, each on the loop it connected on: the
     test's, or one of pytest-asyncio's (idle between its runs; a test's own is closed
-    before the test's database, so its runner's teardown closes them first)."""
+    before the test's database, so its runner's teardown closes them first). Those whose
+    loop is gone (``async_to_sync`` in a sync fixture) are closed on the test's loop, or
+    on one made for it, as an AsyncTransactionTestCase closes them all on its loop."""
     __tracebackhide__ = True
     opened = test.opened
     if not opened:
         return
     run = test.run
+    ours = None if run is None or run.loop is None else run.loop.loop
     for on in opened_on(opened) if loop is None else [loop]:
-        if run is not None and run.loop is not None and on is run.loop.loop:
+        if on is ours or (on.is_closed() and ours is not None):
+            assert run is not None
             run.run(close_opened(opened, on), contextvars.copy_context())
         elif not on.is_closed():
             on.run_until_complete(close_opened(opened, on))
         else:
-            opened.clear()
-            raise RuntimeError(
-                "djasynctest: the test opened django-async-backend connections on an event "
-                "loop that is closed now, so they cannot be closed, and the test database "
-                "cannot be dropped at the end. Close them before that loop ends (await "
-                "async_connections[alias].close()), or open them on the test's loop."
-            )
+            with asyncio.Runner() as runner:
+                runner.run(close_opened(opened, on))
 
 
 def _last_database_step(test: _Test, db: DBThread, steps: Generator[None], name: str) -> None:
