@@ -642,3 +642,37 @@ def test_a_class_that_fails_leaves_no_connection_open(hook: str) -> None:
     unittest.defaultTestLoader.loadTestsFromTestCase(faulty).run(result)
     assert len(result.errors) == 1
     assert _db_thread_connections_open() == []
+
+
+def test_abandoning_a_db_thread_ends_its_own_connections_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a stuck DB thread is abandoned, the next class may start a new one (and
+    connect) before the old one's connections are ended: those must be the old's alone."""
+    from djasynctest._dbthread import DBThread
+    from djasynctest._dbtools import connect_receivers
+
+    connect_receivers()  # as a class's set-up does: connections are registered by thread
+    old = db_thread(replace_stopped=True)
+    old.call(connections.close_all)
+    old.call(Item.objects.count)  # connects
+    started: list[DBThread] = []
+    abandon = DBThread.abandon
+
+    def abandon_then_a_new_class_starts(self: DBThread, test: str) -> None:
+        abandon(self, test)
+        new = db_thread(replace_stopped=True)
+        new.call(Item.objects.count)  # its own connection, opened at once
+        started.append(new)
+
+    monkeypatch.setattr(DBThread, "abandon", abandon_then_a_new_class_starts)
+    _diagnostics.abandon_db_thread("a stuck test")
+    monkeypatch.undo()
+
+    [new] = started
+    assert new is db_thread()
+    assert new is not old
+    # The new thread's connection was not closed with the old thread's.
+    assert new.call(Item.objects.count) == 0
+    old.thread.join(5)
+    assert not old.thread.is_alive()

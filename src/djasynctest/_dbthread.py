@@ -18,6 +18,7 @@ import contextlib
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from queue import SimpleQueue
@@ -107,6 +108,9 @@ class DBThread(Executor):
         self._host: Hosted[Any] | None = None  # the job running now, if its caller serves it
         self.interrupted = False  # stopped because the run was interrupted (Ctrl-C)
         self.abandoned_by: str | None = None  # the test whose stuck code it was left in
+        # The connections it opened (see _diagnostics.on_connection_created): those that
+        # a timed-out test interrupts, and abandoning it closes; never a later thread's.
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._work, name="djasynctest-db", daemon=True)
         self.thread.start()

@@ -33,7 +33,6 @@ import threading
 import traceback
 import unittest
 import warnings
-import weakref
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -258,13 +257,13 @@ def _stop_db_thread_work() -> str:
     if db is None or not db.busy:
         return ""
     stack = user_stack(sys._current_frames().get(db.thread.ident or 0))
-    interrupt_db_thread_queries()
+    interrupt_db_thread_queries(db)
     return f"the DB thread (any query it was running was interrupted):\n{stack}"
 
 
-def interrupt_db_thread_queries() -> None:
-    """From another thread: interrupt the queries the DB thread's connections run now."""
-    for connection in list(_db_thread_connections):
+def interrupt_db_thread_queries(db: DBThread) -> None:
+    """From another thread: interrupt the queries ``db``'s connections run now."""
+    for connection in list(db.connections):
         raw = connection.connection
         # psycopg (cancel_safe, cancel) and sqlite3 (interrupt): safe from another thread.
         for name in ("cancel_safe", "cancel", "interrupt"):
@@ -288,7 +287,7 @@ def abandon_db_thread(test: str) -> None:
     if db is None or db.stopped:
         return
     db.abandon(test)
-    for connection in list(_db_thread_connections):
+    for connection in list(db.connections):
         raw = connection.connection
         if raw is None:
             continue
@@ -315,7 +314,7 @@ def stop_db_thread_on_interrupt() -> None:
     if db is None or db.is_current() or db.stopped:
         return
     db.interrupted = True
-    interrupt_db_thread_queries()
+    interrupt_db_thread_queries(db)
     db.stop(timeout=_INTERRUPT_GRACE)
 
 
@@ -472,10 +471,6 @@ def _join(threads: set[threading.Thread], grace: float = 0.05) -> None:
 _foreign_connections: list[tuple[str, Any]] | None = None
 
 
-# The DB thread's connections, whose queries a timed-out test interrupts.
-_db_thread_connections: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
 def on_connection_created(*, connection: Any, **kwargs: Any) -> None:
     """``connection_created`` receiver: remember the DB thread's connections, and those
     opened off it while a test runs."""
@@ -484,7 +479,7 @@ def on_connection_created(*, connection: Any, **kwargs: Any) -> None:
     if db is None or getattr(connection, "_djat_bridged", False):
         return  # a django-async-backend wrapper on the DB thread's connection (_asyncbackend)
     if db.is_current():
-        _db_thread_connections.add(connection)
+        db.connections.add(connection)
     elif watched is not None:
         watched.append((threading.current_thread().name, connection))
 
