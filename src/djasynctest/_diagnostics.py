@@ -430,13 +430,13 @@ def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -
 
 def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
     """Threads started since ``before`` that are still running after a short grace."""
+    # The loop's default executor (shut down with the loop), ours, and those of
+    # Django's connection pools.
+    kept = (*_OWN_THREADS, *_connection_pool_threads())
     started = {
         thread
         for thread in threading.enumerate()
-        # The loop's default executor (shut down with the loop), ours, and those of
-        # Django's connection pools.
-        if thread not in before
-        and not thread.name.startswith((*_OWN_THREADS, *_connection_pool_threads()))
+        if thread not in before and not thread.name.startswith(kept)
     } - process_wide_threads()
     if started:
         _join(started)
