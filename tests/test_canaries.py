@@ -286,3 +286,21 @@ def test_pytest_django_chooses_its_test_case_as_the_plugin_reads_it() -> None:
         assert line in helper, line
     marker = pytest.mark.django_db(databases=["default"]).mark
     assert fixtures.validate_django_db(marker) == (False, False, ["default"], False, None)
+
+
+def test_threading_exit_hooks_run_before_concurrent_futures_joins_its_threads() -> None:
+    """_loop.at_shutdown closes the shared loops in threading's exit hooks: before
+    atexit's (where Python 3.12 starts no thread), and before concurrent.futures joins the
+    threads of every executor (the loops' default executors are left to it, at exit).
+
+    When this breaks, find another place that runs at exit before those threads are joined.
+    """
+    import concurrent.futures.thread
+    import threading
+
+    assert callable(threading._register_atexit)  # type: ignore[attr-defined]
+    assert "threading._register_atexit(_python_exit)" in source(concurrent.futures.thread)
+    # Newest first: concurrent.futures (imported by asyncio) registered before the loops.
+    assert "for atexit_call in reversed(_threading_atexits):" in source(
+        threading._shutdown  # type: ignore[attr-defined]
+    )

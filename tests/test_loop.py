@@ -7,7 +7,9 @@ import contextlib
 import contextvars
 import importlib
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -616,3 +618,23 @@ def test_a_failing_at_loop_close_callback_is_reported_and_the_loop_still_closes(
     assert "failed" in record.getMessage()
     assert record.exc_info is not None
     assert str(record.exc_info[1]) == "connection already gone"
+
+
+def test_shared_loop_whose_default_executor_ran_closes_cleanly_at_exit() -> None:
+    """At exit, Python 3.12 starts no thread: the loop's executor is not joined from one."""
+    script = (
+        "import asyncio, djasynctest._loop as L\n"
+        "loop = L.shared_loop('session', 'm', debug=False, loop_factory=None)\n"
+        "async def use_the_executor():\n"
+        "    return await asyncio.get_running_loop().run_in_executor(None, str, 1)\n"
+        "print(loop.run(use_the_executor(), __import__('contextvars').copy_context()))\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        check=False,
+    )
+    assert (process.returncode, process.stdout, process.stderr) == (0, "1\n", "")

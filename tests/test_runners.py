@@ -302,6 +302,8 @@ def test_debug_sql_prints_the_queries_of_the_failing_async_test(tmp_path: Path) 
 # Test modules of a project whose classes share one global client (and a view
 # that uses it) with loop_scope = "session".
 SESSION_MODULE = """
+import asyncio
+
 from django.test import override_settings
 
 import fakeclient
@@ -315,6 +317,8 @@ class UsesTheClient{n}(AsyncTestCase):
 
     async def test_client_view_and_orm(self):
         self.assertEqual(await fakeclient.CLIENT.ping(), "PONG")
+        # The loop's default executor (getaddrinfo uses it), joined when the loop closes.
+        await asyncio.get_running_loop().run_in_executor(None, str)
         await Item.objects.acreate(name="{n}")
         response = await self.async_client.get("/ping/")
         self.assertEqual(response.json(), {{"pong": "PONG", "items": 1}})

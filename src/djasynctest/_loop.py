@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]
 import asyncio
-import atexit
 import contextvars
 import functools
 import inspect
@@ -154,9 +153,14 @@ class Loop:
                 _add_note(exc, other_loop_hint(self.scope))
             raise
 
-    def close(self) -> None:
+    def close(self, *, exiting: bool = False) -> None:
         """M: run the ``at_loop_close`` callbacks, newest first; then cancel what still runs
-        on the loop, shut it down, and close it (once)."""
+        on the loop, shut it down, and close it (once).
+
+        ``exiting``: the interpreter is shutting down, and may start no thread (Python
+        3.12): the loop's default executor is not joined from a new thread, as
+        ``Runner.close`` does, but left to ``concurrent.futures``, which joins the
+        threads of every executor at exit, after this."""
         if self.closed:
             return
         self.closed = True
@@ -176,6 +180,8 @@ class Loop:
             try:
                 unroute_loop(self.loop)
             finally:
+                if exiting:
+                    self.loop.shutdown_default_executor = _joined_at_exit  # type: ignore[method-assign]
                 self.runner.close()
 
 
@@ -235,6 +241,10 @@ class _OnSigint:
 
     def __repr__(self) -> str:
         return "<djasynctest's SIGINT handler>"
+
+
+async def _joined_at_exit(timeout: float | None = None) -> None:
+    pass
 
 
 async def _awaited(callback: Callable[[], object]) -> None:
@@ -319,13 +329,22 @@ def shared_loop(scope: LoopScope, module: str, *, debug: bool, loop_factory: Loo
         return Loop("test", debug=debug, loop_factory=loop_factory)
     if _at_exit_in != os.getpid():
         _at_exit_in = os.getpid()
-        atexit.register(close_shared_loops)
+        at_shutdown(functools.partial(close_shared_loops, exiting=True))
         if multiprocessing.parent_process() is not None:
             # A worker of multiprocessing (manage.py test --parallel) ends with
             # os._exit(): before Python 3.13, with no atexit, only its finalizers.
             multiprocessing.util.Finalize(None, close_shared_loops, exitpriority=100)
     loop = _shared[key] = Loop(scope, debug=debug, loop_factory=loop_factory)
     return loop
+
+
+def at_shutdown(callback: Callable[[], object]) -> None:
+    """Call ``callback`` when the interpreter starts to shut down, while it can still start
+    threads: closing a loop joins its default executor from a new thread, which Python
+    3.12 refuses to start in an ``atexit`` callback ("can't create new thread at
+    interpreter shutdown"). ``threading``'s own exit hooks run before those, and before
+    it joins the threads left running (``concurrent.futures`` registers its own there)."""
+    threading._register_atexit(callback)  # type: ignore[attr-defined]
 
 
 def entering_module(module: str) -> None:
@@ -338,12 +357,14 @@ def entering_module(module: str) -> None:
             loop.close()
 
 
-def close_shared_loops(*, scope: LoopScope | None = None, module: str | None = None) -> None:
+def close_shared_loops(
+    *, scope: LoopScope | None = None, module: str | None = None, exiting: bool = False
+) -> None:
     """M: close the shared loops (of ``scope``, of ``module``), newest first."""
     _forget_forked()
     for key in reversed(list(_shared)):
         if (scope is None or key[0] == scope) and (module is None or key[1] == module):
-            _shared.pop(key).close()
+            _shared.pop(key).close(exiting=exiting)
 
 
 def _forget_forked() -> None:
