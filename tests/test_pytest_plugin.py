@@ -445,7 +445,7 @@ def test_what_pytest_asyncio_runs_gets_the_diagnostics_and_the_db_thread(
     result.assert_outcomes(passed=4, failed=2, errors=2)
     result.stdout.fnmatch_lines_random(
         [
-            "*LoopBlocked: The event loop was blocked for about 0.* s (blocking_threshold is "
+            "*LoopBlocked: The event loop was blocked for 0.* s (blocking_threshold is "
             "0.1 s) in test_pytest_asyncio.py::test_blocks.*",
             "*TestTimeout: test_pytest_asyncio.py::test_hangs did not finish within its "
             "timeout of 0.5 s. When it expired, it was waiting in:",
@@ -595,11 +595,11 @@ def test_blocking_detector_and_leak_report(project: pytest.Pytester) -> None:
             "behind:",
             "    task * (<coroutine object sleep at *>) is still pending",
             "      created at *test_diagnostics.py:22, in test_leaves_a_task",
-            "E   djasynctest.LoopBlocked: The event loop was blocked for about 0.* s "
+            "E   djasynctest.LoopBlocked: The event loop was blocked for 0.* s "
             "(blocking_threshold is 0.1 s) in test_diagnostics.py::test_blocks. While it was "
             "blocked, its thread was running:",
             '*File "*test_diagnostics.py", line 7, in test_blocks',
-            "*test_diagnostics.py:15: BlockingWarning: The event loop was blocked for about 0.* s*",
+            "*test_diagnostics.py:15: BlockingWarning: The event loop was blocked for 0.* s*",
         ]
     )
     # Python 3.13.0 names a task that a task factory made "None": never shown.

@@ -27,12 +27,11 @@ import importlib
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, TypeVar
 
-from djasynctest._diagnostics import Deadline, LoopBlocked, user_stack
+from djasynctest._diagnostics import Deadline, LoopBlocked, stack_text
 from djasynctest._diagnostics import package_of as _package
-from djasynctest._watchdog import LoopWatch
+from djasynctest._watchdog import Frame, LoopWatch
 
 __unittest = True
 
@@ -56,30 +55,33 @@ class Block:
     importing: str | None = None  # the module Python was loading (a one-time cost)
 
 
-def _matches(frame: FrameType, allowed: tuple[str, ...]) -> bool:
+# An iteration that held the loop past the threshold while the watchdog thread could
+# not run: the block is known, its line is not; whose it is neither, so it only warns.
+UNSAMPLED = Block(stack="", package="", allowed=False, hashing=False)
+
+
+def _matches(frame: Frame, allowed: tuple[str, ...]) -> bool:
     # "a.b" allows the module a.b, the modules of the package a.b, and what they define.
-    function = f"{frame.f_globals.get('__name__', '')}.{frame.f_code.co_qualname}."
+    function = f"{frame.module}.{frame.qualname}."
     return any(function.startswith(f"{name}.") for name in allowed)
 
 
-def sample(frame: FrameType | None, allowed: tuple[str, ...]) -> Block:
-    """The watchdog thread: read the blocked loop thread's stack while it is still there."""
-    frames: list[FrameType] = []
-    while frame is not None:
-        frames.append(frame)
-        frame = frame.f_back
-    frames.reverse()  # outermost first
-    runners = [i for i, f in enumerate(frames) if f.f_code.co_filename == _RUNNERS]
+def sample(stack: tuple[Frame, ...] | None, allowed: tuple[str, ...]) -> Block:
+    """M, after the run: what the stack the watchdog copied while the loop was held says."""
+    if stack is None:
+        return UNSAMPLED
+    frames = list(stack)  # outermost first
+    runners = [i for i, f in enumerate(frames) if f.filename == _RUNNERS]
     if runners:
         frames = frames[runners[-1] + 1 :]
-    packages = [_package(f.f_code.co_filename) for f in frames]
+    packages = [_package(f.filename) for f in frames]
     project = [i for i, package in enumerate(packages) if package is None]
     owner: str | None
     if not project:
         owner = next((p for p in packages if p not in (None, "djasynctest")), "djasynctest")
     else:
         callee = project[-1] + 1
-        if callee == len(frames) or not frames[callee].f_code.co_flags & _ASYNC:
+        if callee == len(frames) or not frames[callee].flags & _ASYNC:
             owner = None  # the project's code blocked, or made a blocking call
         else:
             owner = next(
@@ -88,44 +90,53 @@ def sample(frame: FrameType | None, allowed: tuple[str, ...]) -> Block:
     importing = None
     lazy_import_of_a_library = False
     first_import = next(
-        (i for i, f in enumerate(frames) if f.f_code.co_filename.startswith("<frozen importlib")),
-        None,
+        (i for i, f in enumerate(frames) if f.filename.startswith("<frozen importlib")), None
     )
     if first_import is not None:
         # Python was loading a module: once per process.
-        modules = [f.f_globals.get("__name__") for f in frames if f.f_code.co_name == "<module>"]
+        modules = [f.module for f in frames if f.name == "<module>"]
         importing = modules[-1] if modules else "a module"
         owner = owner or "the import system"
         importer = next(
-            (f for f in reversed(frames[:first_import]) if f.f_code.co_filename != _IMPORTLIB),
-            None,
+            (f for f in reversed(frames[:first_import]) if f.filename != _IMPORTLIB), None
         )
         # A library's own lazy import (httpx loading httpcore, anyio its backend): how
         # long it takes depends on the machine, and only pre-importing would avoid it.
-        lazy_import_of_a_library = importer is not None and _package(
-            importer.f_code.co_filename
-        ) not in (None, "djasynctest")
+        lazy_import_of_a_library = importer is not None and _package(importer.filename) not in (
+            None,
+            "djasynctest",
+        )
     return Block(
-        stack=user_stack(frames[-1] if frames else None),
+        stack=stack_text([(f.filename, f.lineno, f.name, None) for f in frames]),
         package=owner,
         allowed=lazy_import_of_a_library
         or (bool(allowed) and any(_matches(f, allowed) for f in frames)),
-        hashing=any(f.f_globals.get("__name__") == _HASHERS for f in frames),
+        hashing=any(f.module == _HASHERS for f in frames),
         importing=importing,
     )
 
 
-def report(test: str, blocks: list[tuple[float, Block]], threshold: float) -> str:
+def report(
+    test: str, blocks: list[tuple[float, Block]], threshold: float, *, exact: bool = True
+) -> str:
+    """``exact``: the loop's iterations were timed (see ``_watchdog``); else pinged, and
+    each time is how long a ping waited, at most a ping interval short of the block."""
     held, block = max(blocks, key=lambda pair: pair[0])
     times = f" ({len(blocks)} times; the longest is shown)" if len(blocks) > 1 else ""
+    for_ = f"for {'' if exact else 'at least '}{held:.3f} s (blocking_threshold is {threshold:g} s)"
+    if block is UNSAMPLED:
+        return (
+            f"The event loop was blocked {for_} in {test}{times}, but the watchdog thread did "
+            "not get to run while it was, so where is not known, nor whose code it was: so it "
+            "warns instead of failing. Run the test again to see the line."
+        )
     if block.importing is not None:
         where = f", while Python imported {block.importing}"
     else:
         where = "" if block.package is None else f", inside {block.package}'s code"
     intro = (
-        f"The event loop was blocked for about {held:.2f} s (blocking_threshold is "
-        f"{threshold:g} s) in {test}{where}{times}. While it was blocked, its thread was "
-        f"running:\n{block.stack}"
+        f"The event loop was blocked {for_} in {test}{where}{times}. While it was blocked, "
+        f"its thread was running:\n{block.stack}"
     )
     if block.hashing:
         return intro + (
@@ -164,6 +175,7 @@ def fail_or_warn(
     *,
     mode: str,
     warn: Callable[[str], None],
+    exact: bool = True,
 ) -> None:
     """After a run of the loop: report its blocks, the packages' as a warning (``warn``), the
     project's as ``LoopBlocked`` (``mode`` ``"fail"``) or a warning (``"warn"``)."""
@@ -171,9 +183,10 @@ def fail_or_warn(
     own = [(held, block) for held, block in blocks if block.package is None]
     if len(own) < len(blocks):
         # A block inside a package's code never fails the test.
-        warn(report(test, [(held, b) for held, b in blocks if b.package is not None], threshold))
+        packages = [(held, b) for held, b in blocks if b.package is not None]
+        warn(report(test, packages, threshold, exact=exact))
     if own:
-        text = report(test, own, threshold)
+        text = report(test, own, threshold, exact=exact)
         if mode == "fail":
             raise LoopBlocked(text)
         warn(text)
@@ -212,9 +225,9 @@ def run_watched(
     except BaseException as exc:
         if blocks:
             assert watch is not None
-            exc.add_note(report(test, blocks, watch.threshold))
+            exc.add_note(report(test, blocks, watch.threshold, exact=not watch.pinged))
         raise
     if blocks:
         assert watch is not None
-        fail_or_warn(test, blocks, watch.threshold, mode=mode, warn=warn)
+        fail_or_warn(test, blocks, watch.threshold, mode=mode, warn=warn, exact=not watch.pinged)
     return result

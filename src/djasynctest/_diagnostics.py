@@ -93,6 +93,11 @@ def user_stack(frame: FrameType | None, *, limit: int = 12) -> str:
     return _format(traceback.extract_stack(frame), limit=limit)
 
 
+def stack_text(frames: list[tuple[str, int, str, None]], *, limit: int = 12) -> str:
+    """``user_stack`` for a stack copied as (filename, line number, function, None)."""
+    return _format(traceback.StackSummary.from_list(frames), limit=limit)
+
+
 def _format(summary: traceback.StackSummary, *, limit: int = 12) -> str:
     # What runs on the loop starts after asyncio.Runner.run; before it are
     # unittest, the test runner and the program's start.
