@@ -304,3 +304,30 @@ def test_threading_exit_hooks_run_before_concurrent_futures_joins_its_threads() 
     assert "for atexit_call in reversed(_threading_atexits):" in source(
         threading._shutdown  # type: ignore[attr-defined]
     )
+
+
+def test_asyncio_runner_close_as_close_runner_mirrors_it() -> None:
+    """_loop.close_runner does what asyncio.Runner.close does, and skips its runs of the
+    loop where the loop has nothing to shut down.
+
+    When one of these lines changes, compare the new Runner.close with close_runner.
+    """
+    import asyncio
+    import asyncio.base_events
+
+    close = source(asyncio.Runner.close)
+    for line in (
+        "if self._state is not _State.INITIALIZED:",
+        "_cancel_all_tasks(loop)",
+        "loop.run_until_complete(loop.shutdown_asyncgens())",
+        "loop.shutdown_default_executor(",
+        "if self._set_event_loop:",
+        "events.set_event_loop(None)",
+        "loop.close()",
+        "self._loop = None",
+        "self._state = _State.CLOSED",
+    ):
+        assert line in close, line
+    loop = asyncio.base_events.BaseEventLoop
+    assert "if not len(self._asyncgens):" in source(loop.shutdown_asyncgens)
+    assert "if self._default_executor is None:" in source(loop.shutdown_default_executor)

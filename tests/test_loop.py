@@ -11,8 +11,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -638,3 +639,44 @@ def test_shared_loop_whose_default_executor_ran_closes_cleanly_at_exit() -> None
         check=False,
     )
     assert (process.returncode, process.stdout, process.stderr) == (0, "1\n", "")
+
+
+def test_a_tests_loop_is_closed_with_what_it_left_shut_down() -> None:
+    """A loop per test closes at once when nothing is left on it; what is left (an async
+    generator part-way, the default executor's threads, a task) is shut down first."""
+    seen: dict[str, Any] = {}
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            seen["generator closed on its loop"] = asyncio.get_running_loop() is seen["loop"]
+
+    class Leaves(AsyncTestCase):
+        leak_checks = ()
+
+        async def test_1_nothing(self) -> None:
+            seen["first loop"] = asyncio.get_running_loop()
+
+        async def test_2_generator_executor_and_task(self) -> None:
+            loop = seen["loop"] = asyncio.get_running_loop()
+            seen["generator"] = numbers()
+            await anext(seen["generator"])
+            await loop.run_in_executor(None, str)
+            seen["task"] = loop.create_task(asyncio.Event().wait())
+
+    assert_passed(run_case(Leaves, "test_1_nothing"), 1)
+    assert seen["first loop"].is_closed()
+    # As asyncio.Runner leaves it: no event loop set for the thread.
+    with pytest.raises(RuntimeError, match="There is no current event loop"):
+        asyncio.get_event_loop_policy().get_event_loop()
+    assert_passed(run_case(Leaves), 2)
+    assert seen["first loop"].is_closed()
+    assert seen["loop"].is_closed()
+    assert seen["generator closed on its loop"] is True
+    assert seen["task"].cancelled()
+    assert not [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+    # As asyncio.Runner leaves it: no event loop set for the thread.
+    with pytest.raises(RuntimeError, match="There is no current event loop"):
+        asyncio.get_event_loop_policy().get_event_loop()

@@ -182,7 +182,10 @@ class Loop:
             finally:
                 if exiting:
                     self.loop.shutdown_default_executor = _joined_at_exit  # type: ignore[method-assign]
-                self.runner.close()
+                if self.adopted:
+                    self.runner.close()
+                else:
+                    close_runner(self.runner)
 
 
 def run_on(
@@ -225,6 +228,34 @@ def run_on(
     finally:
         if handler is not None and _signal.getsignal(signal.SIGINT) is handler:
             _signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def close_runner(runner: asyncio.Runner) -> None:
+    """M: ``runner.close()``, without running the loop for shut-downs with nothing to do.
+
+    ``asyncio.Runner.close`` cancels the loop's tasks, then runs the loop twice, to
+    close its async generators and to join its default executor, even when there
+    are none: about 40 µs for every test with a loop of its own. This closes the
+    loop at once when it has no task left, no async generator alive and no default
+    executor; otherwise it is ``runner.close()``.
+    """
+    if runner._state is not asyncio.runners._State.INITIALIZED:  # type: ignore[attr-defined]
+        return
+    loop = runner.get_loop()
+    if (
+        asyncio.all_tasks(loop)
+        or getattr(loop, "_asyncgens", True)
+        or getattr(loop, "_default_executor", True) is not None
+    ):
+        runner.close()
+        return
+    try:
+        if runner._set_event_loop:  # type: ignore[attr-defined]
+            asyncio.set_event_loop(None)
+    finally:
+        loop.close()
+        runner._loop = None  # type: ignore[attr-defined]
+        runner._state = asyncio.runners._State.CLOSED  # type: ignore[attr-defined]
 
 
 class _OnSigint:
