@@ -641,10 +641,15 @@ def test_wrong_options_name_the_fix(project: pytest.Pytester) -> None:
         @pytest.mark.djasynctest(timeout=-1)
         async def test_negative():
             pass
+
+
+        @pytest.mark.djasynctest(timeout="fast")
+        async def test_not_a_number():
+            pass
         """
     )
     result = run(project)
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines(
         [
             "*test_wrong.py::test_misspelt: timout is not an option of @pytest.mark.djasynctest; "
@@ -654,6 +659,16 @@ def test_wrong_options_name_the_fix(project: pytest.Pytester) -> None:
             "*test_wrong.py::test_negative: timeout in @pytest.mark.djasynctest is -1; it must be "
             "a number of seconds greater than 0, or None to turn it off.",
         ]
+    )
+    # Each message once, with nothing around it.
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_not_a_number _*",
+            "test_wrong.py::test_not_a_number: timeout in @pytest.mark.djasynctest is 'fast'; it "
+            "must be a number of seconds greater than 0, or None to turn it off.",
+            "*= short test summary info =*",
+        ],
+        consecutive=True,
     )
     result = run(project, "-o", "djasynctest_blocking_mode=loud")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -197,7 +197,8 @@ def _options(node: pytest.Item | pytest.Collector) -> Options:
             try:
                 given[name] = _check(name, value, f"{name} in @pytest.mark.djasynctest")
             except TypeError as exc:
-                pytest.fail(f"{node.nodeid}: {exc}", pytrace=False)
+                # The message once: not the TypeError as well, "during handling" of which.
+                raise pytest.fail.Exception(f"{node.nodeid}: {exc}", pytrace=False) from None
     # options() reads a test class's attributes; these stand in for them.
     return options(type("PytestOptions", (), given))
 
