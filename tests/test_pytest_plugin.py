@@ -1000,6 +1000,81 @@ def test_module_scope_from_the_marker_and_closed_after_the_module(
     run(project).assert_outcomes(passed=4)
 
 
+def test_loop_scopes_take_pytests_names(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_scopes="""
+        import pytest
+
+
+        @pytest.mark.djasynctest(loop_scope="package")
+        async def test_package():
+            pass
+
+
+        @pytest.mark.djasynctest(loop_scope="test")
+        async def test_the_classes_name():
+            pass
+        """
+    )
+    result = run(project)
+    result.assert_outcomes(errors=2)
+    accepted = (
+        "it must be 'function' (a new event loop for each test), 'class' (one for each "
+        "class), 'module' (one for each test module) or 'session' (one for the whole run)."
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "test_scopes.py::test_package: loop_scope in @pytest.mark.djasynctest is 'package'; "
+            + accepted,
+            "test_scopes.py::test_the_classes_name: loop_scope in @pytest.mark.djasynctest is "
+            "'test'; " + accepted,
+        ]
+    )
+    result = run(project, "-o", "djasynctest_loop_scope=package")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: The ini option djasynctest_loop_scope is 'package'; " + accepted]
+    )
+
+
+def test_an_object_bound_to_a_loop_that_is_gone_names_the_fix_in_pytests_words(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_queue="""
+        import asyncio
+        import contextlib
+
+        QUEUE = asyncio.Queue()
+
+
+        async def test_binds_the_queue_to_its_loop():
+            # An empty queue's get() binds the queue to the loop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(QUEUE.get(), 0.001)
+
+
+        async def test_uses_it_on_another():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(QUEUE.get(), 0.001)
+        """
+    )
+    result = run(project)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E   *RuntimeError: <Queue *> is bound to a different event loop",
+            "E   *djasynctest: an object bound to another event loop was used here: with "
+            'loop_scope = "function", each test has a loop of its own, so an object kept from '
+            "an earlier one (a global async client, a lock, a queue) is bound to a loop that is "
+            'gone. Set loop_scope = "session" (with @pytest.mark.djasynctest(loop_scope='
+            '"session"), the ini option djasynctest_loop_scope = session, or DJASYNCTEST = '
+            '{"LOOP_SCOPE": "session"} in settings) to run every test on one loop, or make the '
+            "object anew on each loop.",
+        ]
+    )
+
+
 def test_loop_factory_for_plugin_run_tests(project: pytest.Pytester) -> None:
     project.makepyfile(
         factories="""

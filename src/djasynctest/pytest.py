@@ -66,7 +66,7 @@ from djasynctest._dbtools import (
     give_connection_state,
 )
 from djasynctest._diagnostics import warn_at
-from djasynctest._loop import Loop, Run, close_shared_loops, loop_for
+from djasynctest._loop import Loop, Run, close_shared_loops, entering_module, loop_for
 from djasynctest._routing import (
     adopt,
     enter_routing,
@@ -93,6 +93,10 @@ PYTEST_OPTIONS = (
     "task_creation_stacks",
     "loop_debug",
 )
+#: ``loop_scope`` in the marker and the ini option: pytest's names. (A loop per
+#: package is not one of them: pytest scopes a package fixture to the package that
+#: defines it, and this module's to the session.)
+LOOP_SCOPES = ("function", "class", "module", "session")
 _FUNCTION_LOOP = "_djasynctest_function_loop"
 # Fixtures that stay on M: they do not touch the database, and some cannot move
 # (monkeypatch, capsys); pytest_django.fixtures (client, settings...) moves.
@@ -157,10 +161,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def _from_ini(name: str, text: str) -> Any:
     value: Any = text
     words = value.replace(",", " ").split()
-    if name == "loop_factory" and value.lower() == "none":
+    if name == "loop_scope":
+        pass  # a name, as it is
+    elif name == "loop_factory" and value.lower() == "none":
         value = None
-    elif name == "loop_scope":
-        value = _test_scope(value)
     elif value.lower() == "none":
         value = () if name in ("blocking_allowed", "leak_checks") else None
     elif name in ("timeout", "blocking_threshold"):
@@ -170,7 +174,7 @@ def _from_ini(name: str, text: str) -> Any:
         value = {"true": True, "false": False}.get(value.lower(), value)
     elif name in ("blocking_allowed", "leak_checks"):
         value = words
-    return _check(name, value, f"The ini option djasynctest_{name}")
+    return _check_given(name, value, f"The ini option djasynctest_{name}")
 
 
 def _options(node: pytest.Item | pytest.Collector) -> Options:
@@ -192,10 +196,8 @@ def _options(node: pytest.Item | pytest.Collector) -> Options:
                     f"{hint}the options are {', '.join(PYTEST_OPTIONS)}.",
                     pytrace=False,
                 )
-            if name == "loop_scope":
-                value = _test_scope(value)
             try:
-                given[name] = _check(name, value, f"{name} in @pytest.mark.djasynctest")
+                given[name] = _check_given(name, value, f"{name} in @pytest.mark.djasynctest")
             except TypeError as exc:
                 # The message once: not the TypeError as well, "during handling" of which.
                 raise pytest.fail.Exception(f"{node.nodeid}: {exc}", pytrace=False) from None
@@ -203,8 +205,18 @@ def _options(node: pytest.Item | pytest.Collector) -> Options:
     return options(type("PytestOptions", (), given))
 
 
-def _test_scope(value: Any) -> Any:
-    """pytest names the scope of one test "function"; a test class's option, "test"."""
+def _check_given(name: str, value: Any, where: str) -> Any:
+    """An option of a marker or an ini option, checked; its value as the classes take it."""
+    if name != "loop_scope":
+        return _check(name, value, where)
+    if value not in LOOP_SCOPES:
+        msg = (
+            f"{where} is {value!r}; it must be 'function' (a new event loop for each test), "
+            "'class' (one for each class), 'module' (one for each test module) or 'session' "
+            "(one for the whole run)."
+        )
+        raise TypeError(msg)
+    # pytest names the scope of one test "function"; a test class's option, "test".
     return "test" if value == "function" else value
 
 
@@ -816,6 +828,10 @@ def _djasynctest_function_loop(request: pytest.FixtureRequest) -> Iterator[Run]:
     opts = _options(node)
     if opts.loop_scope == "class":
         loop: Loop = request.getfixturevalue("_djasynctest_class_loop")
+    elif opts.loop_scope == "test":
+        # Named as pytest names it, as the notes that name the scope to the user do.
+        entering_module(_module_name(node))
+        loop = Loop("function", debug=opts.loop_debug, loop_factory=opts.loop_factory)
     else:
         loop = loop_for(
             opts.loop_scope,
@@ -834,7 +850,7 @@ def _djasynctest_function_loop(request: pytest.FixtureRequest) -> Iterator[Run]:
         if test is not None:
             test.run = None
         run.close()
-        if loop.scope == "test":
+        if loop.scope == "function":
             loop.close()
 
 
