@@ -459,6 +459,91 @@ def test_what_pytest_asyncio_runs_gets_the_diagnostics_and_the_db_thread(
     )
 
 
+PYTEST_ASYNCIO_AUTO = """
+[pytest]
+addopts = -p djasynctest.pytest -p no:cacheprovider -p no:randomly
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+"""
+
+# A global object bound to the loop of the first test that uses it, like a client.
+GLOBAL_QUEUE = """
+import asyncio
+import contextlib
+
+QUEUE = asyncio.Queue()
+
+
+async def test_binds_the_queue_to_its_loop():
+    # An empty queue's get() binds the queue to the loop.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(QUEUE.get(), 0.001)
+
+
+async def test_uses_it_on_the_loop_it_runs_on():
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(QUEUE.get(), 0.001)
+"""
+
+
+def test_pytest_asyncio_running_tests_off_the_session_loop_names_its_options(
+    project: pytest.Pytester,
+) -> None:
+    """In auto mode, pytest-asyncio runs every async test, on loops of its own scopes."""
+    project.makeini(PYTEST_ASYNCIO_AUTO)
+    project.makepyfile(
+        settings_session=(
+            "from tests.pytestproject.settings import *  # noqa: F403\n"
+            'DJASYNCTEST = {"LOOP_SCOPE": "session"}\n'
+        ),
+        test_queue=GLOBAL_QUEUE,
+    )
+    result = run(project, "--ds", "settings_session")
+    result.assert_outcomes(passed=1, failed=1)
+    said = (
+        "E   *djasynctest: an object bound to another event loop was used here: pytest-asyncio "
+        'runs this code on a loop of its own, of scope "function"'
+    )
+    gone = (
+        "so an object kept from an earlier loop (a global async client, a lock, a queue) is "
+        "bound to a loop that is gone."
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "E   *RuntimeError: <Queue *> is bound to a different event loop",
+            f'{said}, and not on the loop of djasynctest\'s loop_scope = "session", {gone} Set '
+            "pytest-asyncio's ini options asyncio_default_test_loop_scope = session and "
+            "asyncio_default_fixture_loop_scope = session, or disable pytest-asyncio "
+            "(-p no:asyncio, and no asyncio_* ini options) to let djasynctest run the async "
+            "tests.",
+        ]
+    )
+    # Either fix works.
+    run(
+        project,
+        "--ds",
+        "settings_session",
+        "-o",
+        "asyncio_default_test_loop_scope=session",
+        "-o",
+        "asyncio_default_fixture_loop_scope=session",
+    ).assert_outcomes(passed=2)
+    project.makeini(INI.replace(" -p no:asyncio", ""))
+    run(project, "--ds", "settings_session", "-p", "no:asyncio").assert_outcomes(passed=2)
+    # With djasynctest's loop per test too, the longer scope to set is the session's.
+    project.makeini(PYTEST_ASYNCIO_AUTO)
+    result = run(project)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"{said}, {gone} Set pytest-asyncio's ini options asyncio_default_test_loop_scope = "
+            "session and asyncio_default_fixture_loop_scope = session to run every test on one "
+            "loop, or make the object anew on each loop."
+        ]
+    )
+
+
 def test_pytest_xdist(project: pytest.Pytester) -> None:
     project.makepyfile(test_orders=ISSUE_EXAMPLE, test_fixtures=FIXTURES)
     result = run(project, "-p", "xdist", "-n", "2")
@@ -1040,25 +1125,7 @@ def test_loop_scopes_take_pytests_names(project: pytest.Pytester) -> None:
 def test_an_object_bound_to_a_loop_that_is_gone_names_the_fix_in_pytests_words(
     project: pytest.Pytester,
 ) -> None:
-    project.makepyfile(
-        test_queue="""
-        import asyncio
-        import contextlib
-
-        QUEUE = asyncio.Queue()
-
-
-        async def test_binds_the_queue_to_its_loop():
-            # An empty queue's get() binds the queue to the loop.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(QUEUE.get(), 0.001)
-
-
-        async def test_uses_it_on_another():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(QUEUE.get(), 0.001)
-        """
-    )
+    project.makepyfile(test_queue=GLOBAL_QUEUE)
     result = run(project)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(

@@ -66,7 +66,15 @@ from djasynctest._dbtools import (
     give_connection_state,
 )
 from djasynctest._diagnostics import warn_at
-from djasynctest._loop import Loop, Run, close_shared_loops, entering_module, loop_for
+from djasynctest._loop import (
+    Loop,
+    Run,
+    _add_note,
+    _bound_elsewhere,
+    close_shared_loops,
+    entering_module,
+    loop_for,
+)
 from djasynctest._routing import (
     adopt,
     enter_routing,
@@ -769,9 +777,43 @@ def _run_for_pytest_asyncio(
         route_loop(loop.loop, db)
     try:
         return watched.run(coro, context)
+    except RuntimeError as exc:
+        if loop.scope in _PYTEST_SCOPES[:-1] and _bound_elsewhere(exc):
+            _add_note(exc, _pytest_asyncio_loop_hint(loop.scope, _options(item).loop_scope))
+        raise
     finally:
         if db is not None:
             unroute_loop(loop.loop)
+
+
+_PYTEST_SCOPES = ("function", "class", "module", "package", "session")
+
+
+def _pytest_asyncio_loop_hint(theirs: str, ours: str) -> str:
+    """The fix for an object of another loop used on pytest-asyncio's loop of scope ``theirs``,
+    by a test whose djasynctest ``loop_scope`` is ``ours`` (as the classes name it)."""
+    ours = "function" if ours == "test" else ours
+    said = (
+        "djasynctest: an object bound to another event loop was used here: pytest-asyncio runs "
+        f'this code on a loop of its own, of scope "{theirs}"'
+    )
+    gone = (
+        "so an object kept from an earlier loop (a global async client, a lock, a queue) is "
+        "bound to a loop that is gone"
+    )
+    if _PYTEST_SCOPES.index(ours) > _PYTEST_SCOPES.index(theirs):
+        return (
+            f'{said}, and not on the loop of djasynctest\'s loop_scope = "{ours}", {gone}. Set '
+            f"pytest-asyncio's ini options asyncio_default_test_loop_scope = {ours} and "
+            f"asyncio_default_fixture_loop_scope = {ours}, or disable pytest-asyncio "
+            "(-p no:asyncio, and no asyncio_* ini options) to let djasynctest run the async "
+            "tests."
+        )
+    return (
+        f"{said}, {gone}. Set pytest-asyncio's ini options asyncio_default_test_loop_scope = "
+        "session and asyncio_default_fixture_loop_scope = session to run every test on one "
+        "loop, or make the object anew on each loop."
+    )
 
 
 def _check_pytest_asyncio_leaks(item: pytest.Item, loop: Loop) -> None:
