@@ -517,6 +517,31 @@ def test_at_loop_close_outside_a_test_loop_names_the_fix() -> None:
     )
 
 
+def test_at_loop_close_of_something_not_callable_names_it() -> None:
+    with pytest.raises(TypeError) as info:
+        at_loop_close("not callable")  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "at_loop_close() was given 'not callable'; it must be a callable (a coroutine function "
+        "or a plain one) that the loop calls before it closes, such as client.aclose."
+    )
+
+
+def test_at_loop_close_of_a_coroutine_names_it_and_closes_it() -> None:
+    """at_loop_close(client.aclose()): one error, and no "never awaited" warning after it."""
+
+    async def aclose() -> None:
+        pass
+
+    coroutine = aclose()
+    with pytest.raises(TypeError) as info:
+        at_loop_close(coroutine)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"at_loop_close() was given {coroutine!r}; it must be a callable (a coroutine "
+        "function or a plain one) that the loop calls before it closes, such as client.aclose."
+    )
+    assert coroutine.cr_frame is None  # closed: it was never started
+
+
 def test_a_test_run_inside_another_leaves_the_outer_modules_loop_open() -> None:
     """Django's own suite runs test cases from inside its tests: one of another module
     must not close the loop the outer class still runs on."""

@@ -261,10 +261,21 @@ def at_loop_close(callback: Callable[[], object], /) -> None:
 
     For what lives as long as the loop (a global async client's connections):
     ``at_loop_close(client.aclose)``. ``callback`` is a coroutine function or a
-    plain one; callbacks run newest first, each once however often it was given.
+    plain one (anything else, such as the coroutine ``client.aclose()``, is a
+    ``TypeError`` at the call); callbacks run newest first, each once however often
+    it was given.
     One that raises is reported as asyncio reports a failing callback (the loop's
     exception handler logs it), and the loop still closes.
     """
+    if not callable(callback):
+        if inspect.iscoroutine(callback):
+            callback.close()  # at_loop_close(client.aclose()): never to be awaited
+        msg = (
+            f"at_loop_close() was given {callback!r}; it must be a callable (a coroutine "
+            "function or a plain one) that the loop calls before it closes, such as "
+            "client.aclose."
+        )
+        raise TypeError(msg)
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
