@@ -774,6 +774,37 @@ def test_wrong_options_name_the_fix(project: pytest.Pytester) -> None:
     )
 
 
+def test_without_django_settings_the_run_stops_with_what_to_set(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE")
+    project.makepyfile(test_orders=ISSUE_EXAMPLE)
+    result = run(project)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines == [
+        "ERROR: djasynctest.pytest runs tests with pytest-django's database, and Django's "
+        "settings are not configured: set DJANGO_SETTINGS_MODULE = mysite.settings in the "
+        "pytest configuration, or pass --ds=mysite.settings.",
+        "",
+    ]
+    # Settings that a conftest.py configures in its pytest_configure() are configured.
+    project.makeconftest(
+        """
+        from django.conf import settings
+
+        from tests.pytestproject import settings as project_settings
+
+
+        def pytest_configure():
+            settings.configure(
+                **{name: getattr(project_settings, name) for name in dir(project_settings)
+                   if name.isupper()}
+            )
+        """
+    )
+    run(project).assert_outcomes(passed=2)
+
+
 def test_higher_scoped_async_fixtures_run_once_on_a_loop_of_their_scope(
     project: pytest.Pytester,
 ) -> None:

@@ -12,6 +12,7 @@ and again when the setting is read, so that a typo fails fast with the fix.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
@@ -128,10 +129,26 @@ def _close_option(name: str, names: Iterable[str] = OPTIONS) -> str | None:
     return matches[0] if matches else None
 
 
+def settings_configured() -> bool:
+    """Whether Django's settings are configured, or named (and loaded on first use)."""
+    from django.conf import ENVIRONMENT_VARIABLE, settings
+
+    return settings.configured or bool(os.environ.get(ENVIRONMENT_VARIABLE))
+
+
 def options(cls: type) -> Options:
     """The options in force for ``cls``: its attributes, else the setting, else the default."""
     from django.conf import settings
 
+    if not settings_configured():
+        from django.core.exceptions import ImproperlyConfigured
+
+        msg = (
+            "djasynctest runs tests with Django's settings, and none are configured: set the "
+            "environment variable DJANGO_SETTINGS_MODULE to the project's settings module, as "
+            "in DJANGO_SETTINGS_MODULE=mysite.settings python -m unittest."
+        )
+        raise ImproperlyConfigured(msg)
     configured = getattr(settings, "DJASYNCTEST", {})
     if not isinstance(configured, Mapping):
         msg = (

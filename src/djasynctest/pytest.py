@@ -56,7 +56,7 @@ from djasynctest._asyncbackend import (
 )
 from djasynctest._asyncbackend import bridge as bridge_async_backend
 from djasynctest._asyncbackend import unbridge as unbridge_async_backend
-from djasynctest._conf import Options, _check, _close_option, options
+from djasynctest._conf import Options, _check, _close_option, options, settings_configured
 from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
 from djasynctest._dbtools import (
     ConnectionState,
@@ -226,6 +226,17 @@ def _check_given(name: str, value: Any, where: str) -> Any:
         raise TypeError(msg)
     # pytest names the scope of one test "function"; a test class's option, "test".
     return "test" if value == "function" else value
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # After every pytest_configure: a conftest.py may call settings.configure() in its own.
+    if not settings_configured():
+        msg = (
+            "djasynctest.pytest runs tests with pytest-django's database, and Django's settings "
+            "are not configured: set DJANGO_SETTINGS_MODULE = mysite.settings in the pytest "
+            "configuration, or pass --ds=mysite.settings."
+        )
+        raise pytest.UsageError(msg)
 
 
 # --- pytest-asyncio ----------------------------------------------------------------
