@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,11 +17,10 @@ from tests.test_runners import ROOT, assert_unittest_ok, run
 
 
 def _python(code: str, **env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
     process = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         cwd=ROOT,
-        env={**clean, **env},
+        env={**_without_django_settings(), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -40,6 +40,39 @@ def test_import_has_no_side_effect_without_settings() -> None:
         "print(django.apps.apps.ready, django.conf.settings.configured)"
     )
     assert _python(code) == "False False"
+
+
+def _without_django_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+
+
+def test_unittest_without_settings_is_one_error_that_names_the_setting(tmp_path: Path) -> None:
+    (tmp_path / "test_nosettings.py").write_text(
+        "from djasynctest import AsyncTestCase\n"
+        "\n"
+        "\n"
+        "class Orders(AsyncTestCase):\n"
+        "    async def test_it(self):\n"
+        "        pass\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "unittest", "test_nosettings"],
+        cwd=tmp_path,
+        env=_without_django_settings(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode != 0  # 5 from Python 3.12 on: "Ran 0 tests"
+    # Nothing else: no traceback of Django's, none of the DB thread's at exit.
+    assert re.sub(r" in \d+\.\d+s$", " in ...", process.stderr, flags=re.MULTILINE) == (
+        f"E\n{'=' * 70}\nERROR: setUpClass (test_nosettings.Orders)\n{'-' * 70}\n"
+        "django.core.exceptions.ImproperlyConfigured: djasynctest runs tests with Django's "
+        "settings, and none are configured: set the environment variable DJANGO_SETTINGS_MODULE "
+        "to the project's settings module, as in DJANGO_SETTINGS_MODULE=mysite.settings python "
+        f"-m unittest.\n\n{'-' * 70}\nRan 0 tests in ...\n\nFAILED (errors=1)\n"
+    )
 
 
 def _database_exists(name: str) -> bool:

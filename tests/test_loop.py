@@ -182,14 +182,45 @@ def test_misspelt_option_fails_at_class_creation() -> None:
     )
 
 
-def test_unknown_setting_key_is_an_error() -> None:
+KEYS = (
+    "['BLOCKING_ALLOWED', 'BLOCKING_MODE', 'BLOCKING_THRESHOLD', 'CPU_AFFINITY', "
+    "'LEAK_CHECKS', 'LOOP_DEBUG', 'LOOP_FACTORY', 'LOOP_SCOPE', 'TASK_CREATION_STACKS', "
+    "'TIMEOUT']"
+)
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        (
+            {"LOOP_SCOOP": "class"},
+            "settings.DJASYNCTEST has unknown keys ['LOOP_SCOOP']; did you mean 'LOOP_SCOPE'? "
+            f"the keys are {KEYS}.",
+        ),
+        (
+            {"loop_scope": "class", "TIMOUT": 5, "COLOUR": "blue"},
+            "settings.DJASYNCTEST has unknown keys ['COLOUR', 'TIMOUT', 'loop_scope']; did you "
+            f"mean 'TIMEOUT' for 'TIMOUT', 'LOOP_SCOPE' for 'loop_scope'? the keys are {KEYS}.",
+        ),
+        (
+            {"COLOUR": "blue"},
+            f"settings.DJASYNCTEST has unknown keys ['COLOUR']; the keys are {KEYS}.",
+        ),
+        (
+            "session",
+            "settings.DJASYNCTEST is 'session'; it must be a dict of options, such as "
+            'DJASYNCTEST = {"LOOP_SCOPE": "session", "TIMEOUT": 30}.',
+        ),
+    ],
+)
+def test_a_wrong_setting_is_an_error_that_names_the_fix(setting: object, error: str) -> None:
     class Case(AsyncTestCase):
         async def test_it(self) -> None:
             pass
 
-    with override_settings(DJASYNCTEST={"LOOP_SCOOP": "class"}):
+    with override_settings(DJASYNCTEST=setting):
         [text] = problems(run_case(Case))
-    assert "TypeError: settings.DJASYNCTEST has unknown keys ['LOOP_SCOOP']" in text
+    assert text == f"TypeError: {error}\n"
 
 
 @pytest.mark.parametrize("scope", ["test", "class"])
@@ -518,6 +549,31 @@ def test_at_loop_close_outside_a_test_loop_names_the_fix() -> None:
         "at_loop_close() registers a callback for the event loop of a djasynctest test: "
         "call it from an async test, hook or fixture that djasynctest runs."
     )
+
+
+def test_at_loop_close_of_something_not_callable_names_it() -> None:
+    with pytest.raises(TypeError) as info:
+        at_loop_close("not callable")  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "at_loop_close() was given 'not callable'; it must be a callable (a coroutine function "
+        "or a plain one) that the loop calls before it closes, such as client.aclose."
+    )
+
+
+def test_at_loop_close_of_a_coroutine_names_it_and_closes_it() -> None:
+    """at_loop_close(client.aclose()): one error, and no "never awaited" warning after it."""
+
+    async def aclose() -> None:
+        pass
+
+    coroutine = aclose()
+    with pytest.raises(TypeError) as info:
+        at_loop_close(coroutine)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"at_loop_close() was given {coroutine!r}; it must be a callable (a coroutine "
+        "function or a plain one) that the loop calls before it closes, such as client.aclose."
+    )
+    assert coroutine.cr_frame is None  # closed: it was never started
 
 
 def test_a_test_run_inside_another_leaves_the_outer_modules_loop_open() -> None:

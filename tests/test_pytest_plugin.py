@@ -459,6 +459,91 @@ def test_what_pytest_asyncio_runs_gets_the_diagnostics_and_the_db_thread(
     )
 
 
+PYTEST_ASYNCIO_AUTO = """
+[pytest]
+addopts = -p djasynctest.pytest -p no:cacheprovider -p no:randomly
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+"""
+
+# A global object bound to the loop of the first test that uses it, like a client.
+GLOBAL_QUEUE = """
+import asyncio
+import contextlib
+
+QUEUE = asyncio.Queue()
+
+
+async def test_binds_the_queue_to_its_loop():
+    # An empty queue's get() binds the queue to the loop.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(QUEUE.get(), 0.001)
+
+
+async def test_uses_it_on_the_loop_it_runs_on():
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(QUEUE.get(), 0.001)
+"""
+
+
+def test_pytest_asyncio_running_tests_off_the_session_loop_names_its_options(
+    project: pytest.Pytester,
+) -> None:
+    """In auto mode, pytest-asyncio runs every async test, on loops of its own scopes."""
+    project.makeini(PYTEST_ASYNCIO_AUTO)
+    project.makepyfile(
+        settings_session=(
+            "from tests.pytestproject.settings import *  # noqa: F403\n"
+            'DJASYNCTEST = {"LOOP_SCOPE": "session"}\n'
+        ),
+        test_queue=GLOBAL_QUEUE,
+    )
+    result = run(project, "--ds", "settings_session")
+    result.assert_outcomes(passed=1, failed=1)
+    said = (
+        "E   *djasynctest: an object bound to another event loop was used here: pytest-asyncio "
+        'runs this code on a loop of its own, of scope "function"'
+    )
+    gone = (
+        "so an object kept from an earlier loop (a global async client, a lock, a queue) is "
+        "bound to a loop that is gone."
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "E   *RuntimeError: <Queue *> is bound to a different event loop",
+            f'{said}, and not on the loop of djasynctest\'s loop_scope = "session", {gone} Set '
+            "pytest-asyncio's ini options asyncio_default_test_loop_scope = session and "
+            "asyncio_default_fixture_loop_scope = session, or disable pytest-asyncio "
+            "(-p no:asyncio, and no asyncio_* ini options) to let djasynctest run the async "
+            "tests.",
+        ]
+    )
+    # Either fix works.
+    run(
+        project,
+        "--ds",
+        "settings_session",
+        "-o",
+        "asyncio_default_test_loop_scope=session",
+        "-o",
+        "asyncio_default_fixture_loop_scope=session",
+    ).assert_outcomes(passed=2)
+    project.makeini(INI.replace(" -p no:asyncio", ""))
+    run(project, "--ds", "settings_session", "-p", "no:asyncio").assert_outcomes(passed=2)
+    # With djasynctest's loop per test too, the longer scope to set is the session's.
+    project.makeini(PYTEST_ASYNCIO_AUTO)
+    result = run(project)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"{said}, {gone} Set pytest-asyncio's ini options asyncio_default_test_loop_scope = "
+            "session and asyncio_default_fixture_loop_scope = session to run every test on one "
+            "loop, or make the object anew on each loop."
+        ]
+    )
+
+
 def test_pytest_xdist(project: pytest.Pytester) -> None:
     project.makepyfile(test_orders=ISSUE_EXAMPLE, test_fixtures=FIXTURES)
     result = run(project, "-p", "xdist", "-n", "2")
@@ -641,10 +726,15 @@ def test_wrong_options_name_the_fix(project: pytest.Pytester) -> None:
         @pytest.mark.djasynctest(timeout=-1)
         async def test_negative():
             pass
+
+
+        @pytest.mark.djasynctest(timeout="fast")
+        async def test_not_a_number():
+            pass
         """
     )
     result = run(project)
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines(
         [
             "*test_wrong.py::test_misspelt: timout is not an option of @pytest.mark.djasynctest; "
@@ -654,6 +744,16 @@ def test_wrong_options_name_the_fix(project: pytest.Pytester) -> None:
             "*test_wrong.py::test_negative: timeout in @pytest.mark.djasynctest is -1; it must be "
             "a number of seconds greater than 0, or None to turn it off.",
         ]
+    )
+    # Each message once, with nothing around it.
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_not_a_number _*",
+            "test_wrong.py::test_not_a_number: timeout in @pytest.mark.djasynctest is 'fast'; it "
+            "must be a number of seconds greater than 0, or None to turn it off.",
+            "*= short test summary info =*",
+        ],
+        consecutive=True,
     )
     result = run(project, "-o", "djasynctest_blocking_mode=loud")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -672,6 +772,37 @@ def test_wrong_options_name_the_fix(project: pytest.Pytester) -> None:
             "remove any -p no:django."
         ]
     )
+
+
+def test_without_django_settings_the_run_stops_with_what_to_set(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE")
+    project.makepyfile(test_orders=ISSUE_EXAMPLE)
+    result = run(project)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines == [
+        "ERROR: djasynctest.pytest runs tests with pytest-django's database, and Django's "
+        "settings are not configured: set DJANGO_SETTINGS_MODULE = mysite.settings in the "
+        "pytest configuration, or pass --ds=mysite.settings.",
+        "",
+    ]
+    # Settings that a conftest.py configures in its pytest_configure() are configured.
+    project.makeconftest(
+        """
+        from django.conf import settings
+
+        from tests.pytestproject import settings as project_settings
+
+
+        def pytest_configure():
+            settings.configure(
+                **{name: getattr(project_settings, name) for name in dir(project_settings)
+                   if name.isupper()}
+            )
+        """
+    )
+    run(project).assert_outcomes(passed=2)
 
 
 def test_higher_scoped_async_fixtures_run_once_on_a_loop_of_their_scope(
@@ -983,6 +1114,63 @@ def test_module_scope_from_the_marker_and_closed_after_the_module(
         """,
     )
     run(project).assert_outcomes(passed=4)
+
+
+def test_loop_scopes_take_pytests_names(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_scopes="""
+        import pytest
+
+
+        @pytest.mark.djasynctest(loop_scope="package")
+        async def test_package():
+            pass
+
+
+        @pytest.mark.djasynctest(loop_scope="test")
+        async def test_the_classes_name():
+            pass
+        """
+    )
+    result = run(project)
+    result.assert_outcomes(errors=2)
+    accepted = (
+        "it must be 'function' (a new event loop for each test), 'class' (one for each "
+        "class), 'module' (one for each test module) or 'session' (one for the whole run)."
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "test_scopes.py::test_package: loop_scope in @pytest.mark.djasynctest is 'package'; "
+            + accepted,
+            "test_scopes.py::test_the_classes_name: loop_scope in @pytest.mark.djasynctest is "
+            "'test'; " + accepted,
+        ]
+    )
+    result = run(project, "-o", "djasynctest_loop_scope=package")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: The ini option djasynctest_loop_scope is 'package'; " + accepted]
+    )
+
+
+def test_an_object_bound_to_a_loop_that_is_gone_names_the_fix_in_pytests_words(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(test_queue=GLOBAL_QUEUE)
+    result = run(project)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E   *RuntimeError: <Queue *> is bound to a different event loop",
+            "E   *djasynctest: an object bound to another event loop was used here: with "
+            'loop_scope = "function", each test has a loop of its own, so an object kept from '
+            "an earlier one (a global async client, a lock, a queue) is bound to a loop that is "
+            'gone. Set loop_scope = "session" (with @pytest.mark.djasynctest(loop_scope='
+            '"session"), the ini option djasynctest_loop_scope = session, or DJASYNCTEST = '
+            '{"LOOP_SCOPE": "session"} in settings) to run every test on one loop, or make the '
+            "object anew on each loop.",
+        ]
+    )
 
 
 def test_loop_factory_for_plugin_run_tests(project: pytest.Pytester) -> None:

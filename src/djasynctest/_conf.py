@@ -12,7 +12,8 @@ and again when the setting is read, so that a typo fails fast with the fix.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
@@ -36,6 +37,7 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "leak_checks": ("LEAK_CHECKS", LEAK_KINDS),
     "cpu_affinity": ("CPU_AFFINITY", True),
 }
+_KEYS = frozenset(key for key, _ in OPTIONS.values())
 _UNSET = object()
 
 
@@ -122,21 +124,44 @@ def check_class(cls: type) -> None:
             raise TypeError(msg)
 
 
-def _close_option(name: str) -> str | None:
-    matches = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.85)
+def _close_option(name: str, names: Iterable[str] = OPTIONS) -> str | None:
+    matches = difflib.get_close_matches(name, names, n=1, cutoff=0.85)
     return matches[0] if matches else None
+
+
+def settings_configured() -> bool:
+    """Whether Django's settings are configured, or named (and loaded on first use)."""
+    from django.conf import ENVIRONMENT_VARIABLE, settings
+
+    return settings.configured or bool(os.environ.get(ENVIRONMENT_VARIABLE))
 
 
 def options(cls: type) -> Options:
     """The options in force for ``cls``: its attributes, else the setting, else the default."""
     from django.conf import settings
 
-    configured = getattr(settings, "DJASYNCTEST", {})
-    unknown = set(configured) - {key for key, _ in OPTIONS.values()}
-    if unknown:
+    if not settings_configured():
+        from django.core.exceptions import ImproperlyConfigured
+
         msg = (
-            f"settings.DJASYNCTEST has unknown keys {sorted(unknown)}; "
-            f"the keys are {sorted(key for key, _ in OPTIONS.values())}."
+            "djasynctest runs tests with Django's settings, and none are configured: set the "
+            "environment variable DJANGO_SETTINGS_MODULE to the project's settings module, as "
+            "in DJANGO_SETTINGS_MODULE=mysite.settings python -m unittest."
+        )
+        raise ImproperlyConfigured(msg)
+    configured = getattr(settings, "DJASYNCTEST", {})
+    if not isinstance(configured, Mapping):
+        msg = (
+            f"settings.DJASYNCTEST is {configured!r}; it must be a dict of options, such as "
+            'DJASYNCTEST = {"LOOP_SCOPE": "session", "TIMEOUT": 30}.'
+        )
+        raise TypeError(msg)
+    unknown = sorted(set(configured) - _KEYS, key=repr)
+    if unknown:
+        keys = sorted(_KEYS)
+        msg = (
+            f"settings.DJASYNCTEST has unknown keys {unknown}; "
+            f"{_did_you_mean(unknown, keys)}the keys are {keys}."
         )
         raise TypeError(msg)
     values: dict[str, Any] = {}
@@ -146,6 +171,20 @@ def options(cls: type) -> Options:
             value = _check(name, configured.get(key, default), f"settings.DJASYNCTEST[{key!r}]")
         values[name] = value
     return Options(**values)
+
+
+def _did_you_mean(unknown: list[Any], keys: list[str]) -> str:
+    """The hint for the misspelt keys among ``unknown`` (in any case): "did you mean ...? "."""
+    close = {
+        key: match
+        for key in unknown
+        if isinstance(key, str) and (match := _close_option(key.upper(), keys))
+    }
+    if not close:
+        return ""
+    if len(unknown) == 1:
+        return f"did you mean {next(iter(close.values()))!r}? "
+    return f"did you mean {', '.join(f'{match!r} for {key!r}' for key, match in close.items())}? "
 
 
 class _Inherited:

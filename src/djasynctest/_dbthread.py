@@ -429,8 +429,11 @@ def _close_connections() -> None:
     # a class cut short) and close its connections, at the driver where Django
     # would refuse (it never closes an in-memory SQLite connection, nor rolls
     # back inside an atomic block), so that the next DB thread finds no lock.
+    from django.conf import settings
     from django.db import connections
 
+    if not settings.configured:
+        return  # settings never read (none were named): nothing was connected
     for connection in connections.all(initialized_only=True):
         raw = connection.connection
         if raw is None:

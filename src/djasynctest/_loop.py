@@ -79,30 +79,39 @@ CAPTURE_QUERIES_HINT = (
 # transport) is used on another, or after its loop was closed.
 _OTHER_LOOP = ("attached to a different loop", "bound to a different event loop")
 _CLOSED_LOOP = "Event loop is closed"
+# By scope, named as the user names it: a plugin-run test's loop of its own is
+# "function", as pytest names it. (The plugin's loop of package-scoped fixtures
+# lasts the whole run: pytest scopes a plugin's package fixture to the session.)
 _LIFETIMES = {
     "test": "each test has a loop of its own",
+    "function": "each test has a loop of its own",
     "class": "each test class has a loop of its own",
     "module": "each test module has a loop of its own",
-    "package": "each test package has a loop of its own",
 }
 
 
 def other_loop_hint(scope: str) -> str:
+    where = (
+        'with @pytest.mark.djasynctest(loop_scope="session"), the ini option '
+        "djasynctest_loop_scope = session,"
+        if scope == "function"
+        else 'on the class, with @pytest.mark.djasynctest(loop_scope="session"),'
+    )
     return (
         f'djasynctest: an object bound to another event loop was used here: with loop_scope = "'
         f'{scope}", {_LIFETIMES[scope]}, so an object kept from an earlier one (a global async '
         'client, a lock, a queue) is bound to a loop that is gone. Set loop_scope = "session" '
-        '(on the class, with @pytest.mark.djasynctest(loop_scope="session"), or DJASYNCTEST = '
-        '{"LOOP_SCOPE": "session"} in settings) to run every test on one loop, or make the '
-        "object anew on each loop."
+        f'({where} or DJASYNCTEST = {{"LOOP_SCOPE": "session"}} in settings) to run every test '
+        "on one loop, or make the object anew on each loop."
     )
 
 
 class Loop:
     """An event loop of a scope, routed to the DB thread (M, the thread that runs it).
 
-    ``scope``: one of the ``loop_scope`` values; for a pytest fixture, ``"package"``;
-    for a ``runner`` made by another (pytest-asyncio), its pytest scope.
+    ``scope``: one of the ``loop_scope`` values (made by the pytest plugin, in pytest's
+    names: ``"function"``, and ``"package"`` for fixtures); for a ``runner`` made by
+    another (pytest-asyncio), its pytest scope.
     """
 
     def __init__(
@@ -293,10 +302,21 @@ def at_loop_close(callback: Callable[[], object], /) -> None:
 
     For what lives as long as the loop (a global async client's connections):
     ``at_loop_close(client.aclose)``. ``callback`` is a coroutine function or a
-    plain one; callbacks run newest first, each once however often it was given.
+    plain one (anything else, such as the coroutine ``client.aclose()``, is a
+    ``TypeError`` at the call); callbacks run newest first, each once however often
+    it was given.
     One that raises is reported as asyncio reports a failing callback (the loop's
     exception handler logs it), and the loop still closes.
     """
+    if not callable(callback):
+        if inspect.iscoroutine(callback):
+            callback.close()  # at_loop_close(client.aclose()): never to be awaited
+        msg = (
+            f"at_loop_close() was given {callback!r}; it must be a callable (a coroutine "
+            "function or a plain one) that the loop calls before it closes, such as "
+            "client.aclose."
+        )
+        raise TypeError(msg)
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:

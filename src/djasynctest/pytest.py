@@ -56,7 +56,7 @@ from djasynctest._asyncbackend import (
 )
 from djasynctest._asyncbackend import bridge as bridge_async_backend
 from djasynctest._asyncbackend import unbridge as unbridge_async_backend
-from djasynctest._conf import Options, _check, _close_option, options
+from djasynctest._conf import Options, _check, _close_option, options, settings_configured
 from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
 from djasynctest._dbtools import (
     ConnectionState,
@@ -66,7 +66,15 @@ from djasynctest._dbtools import (
     give_connection_state,
 )
 from djasynctest._diagnostics import warn_at
-from djasynctest._loop import Loop, Run, close_shared_loops, loop_for
+from djasynctest._loop import (
+    Loop,
+    Run,
+    _add_note,
+    _bound_elsewhere,
+    close_shared_loops,
+    entering_module,
+    loop_for,
+)
 from djasynctest._routing import (
     adopt,
     enter_routing,
@@ -93,6 +101,10 @@ PYTEST_OPTIONS = (
     "task_creation_stacks",
     "loop_debug",
 )
+#: ``loop_scope`` in the marker and the ini option: pytest's names. (A loop per
+#: package is not one of them: pytest scopes a package fixture to the package that
+#: defines it, and this module's to the session.)
+LOOP_SCOPES = ("function", "class", "module", "session")
 _FUNCTION_LOOP = "_djasynctest_function_loop"
 # Fixtures that stay on M: they do not touch the database, and some cannot move
 # (monkeypatch, capsys); pytest_django.fixtures (client, settings...) moves.
@@ -157,10 +169,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def _from_ini(name: str, text: str) -> Any:
     value: Any = text
     words = value.replace(",", " ").split()
-    if name == "loop_factory" and value.lower() == "none":
+    if name == "loop_scope":
+        pass  # a name, as it is
+    elif name == "loop_factory" and value.lower() == "none":
         value = None
-    elif name == "loop_scope":
-        value = _test_scope(value)
     elif value.lower() == "none":
         value = () if name in ("blocking_allowed", "leak_checks") else None
     elif name in ("timeout", "blocking_threshold"):
@@ -170,7 +182,7 @@ def _from_ini(name: str, text: str) -> Any:
         value = {"true": True, "false": False}.get(value.lower(), value)
     elif name in ("blocking_allowed", "leak_checks"):
         value = words
-    return _check(name, value, f"The ini option djasynctest_{name}")
+    return _check_given(name, value, f"The ini option djasynctest_{name}")
 
 
 def _options(node: pytest.Item | pytest.Collector) -> Options:
@@ -192,19 +204,39 @@ def _options(node: pytest.Item | pytest.Collector) -> Options:
                     f"{hint}the options are {', '.join(PYTEST_OPTIONS)}.",
                     pytrace=False,
                 )
-            if name == "loop_scope":
-                value = _test_scope(value)
             try:
-                given[name] = _check(name, value, f"{name} in @pytest.mark.djasynctest")
+                given[name] = _check_given(name, value, f"{name} in @pytest.mark.djasynctest")
             except TypeError as exc:
-                pytest.fail(f"{node.nodeid}: {exc}", pytrace=False)
+                # The message once: not the TypeError as well, "during handling" of which.
+                raise pytest.fail.Exception(f"{node.nodeid}: {exc}", pytrace=False) from None
     # options() reads a test class's attributes; these stand in for them.
     return options(type("PytestOptions", (), given))
 
 
-def _test_scope(value: Any) -> Any:
-    """pytest names the scope of one test "function"; a test class's option, "test"."""
+def _check_given(name: str, value: Any, where: str) -> Any:
+    """An option of a marker or an ini option, checked; its value as the classes take it."""
+    if name != "loop_scope":
+        return _check(name, value, where)
+    if value not in LOOP_SCOPES:
+        msg = (
+            f"{where} is {value!r}; it must be 'function' (a new event loop for each test), "
+            "'class' (one for each class), 'module' (one for each test module) or 'session' "
+            "(one for the whole run)."
+        )
+        raise TypeError(msg)
+    # pytest names the scope of one test "function"; a test class's option, "test".
     return "test" if value == "function" else value
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # After every pytest_configure: a conftest.py may call settings.configure() in its own.
+    if not settings_configured():
+        msg = (
+            "djasynctest.pytest runs tests with pytest-django's database, and Django's settings "
+            "are not configured: set DJANGO_SETTINGS_MODULE = mysite.settings in the pytest "
+            "configuration, or pass --ds=mysite.settings."
+        )
+        raise pytest.UsageError(msg)
 
 
 # --- pytest-asyncio ----------------------------------------------------------------
@@ -756,9 +788,43 @@ def _run_for_pytest_asyncio(
         route_loop(loop.loop, db)
     try:
         return watched.run(coro, context)
+    except RuntimeError as exc:
+        if loop.scope in _PYTEST_SCOPES[:-1] and _bound_elsewhere(exc):
+            _add_note(exc, _pytest_asyncio_loop_hint(loop.scope, _options(item).loop_scope))
+        raise
     finally:
         if db is not None:
             unroute_loop(loop.loop)
+
+
+_PYTEST_SCOPES = ("function", "class", "module", "package", "session")
+
+
+def _pytest_asyncio_loop_hint(theirs: str, ours: str) -> str:
+    """The fix for an object of another loop used on pytest-asyncio's loop of scope ``theirs``,
+    by a test whose djasynctest ``loop_scope`` is ``ours`` (as the classes name it)."""
+    ours = "function" if ours == "test" else ours
+    said = (
+        "djasynctest: an object bound to another event loop was used here: pytest-asyncio runs "
+        f'this code on a loop of its own, of scope "{theirs}"'
+    )
+    gone = (
+        "so an object kept from an earlier loop (a global async client, a lock, a queue) is "
+        "bound to a loop that is gone"
+    )
+    if _PYTEST_SCOPES.index(ours) > _PYTEST_SCOPES.index(theirs):
+        return (
+            f'{said}, and not on the loop of djasynctest\'s loop_scope = "{ours}", {gone}. Set '
+            f"pytest-asyncio's ini options asyncio_default_test_loop_scope = {ours} and "
+            f"asyncio_default_fixture_loop_scope = {ours}, or disable pytest-asyncio "
+            "(-p no:asyncio, and no asyncio_* ini options) to let djasynctest run the async "
+            "tests."
+        )
+    return (
+        f"{said}, {gone}. Set pytest-asyncio's ini options asyncio_default_test_loop_scope = "
+        "session and asyncio_default_fixture_loop_scope = session to run every test on one "
+        "loop, or make the object anew on each loop."
+    )
 
 
 def _check_pytest_asyncio_leaks(item: pytest.Item, loop: Loop) -> None:
@@ -815,6 +881,10 @@ def _djasynctest_function_loop(request: pytest.FixtureRequest) -> Iterator[Run]:
     opts = _options(node)
     if opts.loop_scope == "class":
         loop: Loop = request.getfixturevalue("_djasynctest_class_loop")
+    elif opts.loop_scope == "test":
+        # Named as pytest names it, as the notes that name the scope to the user do.
+        entering_module(_module_name(node))
+        loop = Loop("function", debug=opts.loop_debug, loop_factory=opts.loop_factory)
     else:
         loop = loop_for(
             opts.loop_scope,
@@ -833,7 +903,7 @@ def _djasynctest_function_loop(request: pytest.FixtureRequest) -> Iterator[Run]:
         if test is not None:
             test.run = None
         run.close()
-        if loop.scope == "test":
+        if loop.scope == "function":
             loop.close()
 
 
