@@ -77,7 +77,7 @@ def _pyenv_version() -> str | None:
     return ":".join(".".join(map(str, v)) for _, v in sorted(newest.items())) or None
 
 
-if "PYENV_VERSION" not in os.environ and (_found := _pyenv_version()):
+if not os.environ.get("PYENV_VERSION") and (_found := _pyenv_version()):
     os.environ["PYENV_VERSION"] = _found
 
 
