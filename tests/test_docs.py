@@ -26,7 +26,7 @@ from djasynctest import AsyncTestCase, BlockingWarning
 from djasynctest._conf import options
 from djasynctest._loop import close_shared_loops
 from tests.testapp.models import Item
-from tests.utils import assert_passed, run_case
+from tests.utils import assert_passed, problems, run_case
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -167,12 +167,68 @@ def test_cache_clients() -> None:
 
     assert_passed(run_case(PerClass), 1)
     [(_, text)] = run_case(PerClass).errors
-    assert 'Set loop_scope = "session"' in text
+    # The how-to shows the note (and, below, the error of the sample without loop_scope)
+    # as the code words it, wrapped.
+    other_loop, _ = _text_blocks(DOCS / "howto" / "global-clients.rst")
+    assert re.search(
+        r"RuntimeError: Task <Task pending .*> got Future <Future pending.*> "
+        r"attached to a different loop\n",
+        text,
+    ), text
+    [note] = [line for line in text.splitlines() if line.startswith("djasynctest: ")]
+    assert other_loop == (
+        "RuntimeError: Task <Task pending ...> got Future <Future pending> attached to a "
+        f"different loop {note}"
+    )
     with warnings.catch_warnings():
         # Its connection went with the first class's loop, unclosed, as it would for a user.
         warnings.simplefilter("ignore", ResourceWarning)
         kept.clear()
         gc.collect()
+
+
+def test_cache_clients_with_a_loop_per_class() -> None:
+    """What the how-to says of the sample with loop_scope = "class": it passes, as
+    at_loop_close closes the first class's connection, and the second class, which
+    registers nothing, leaves its own open when its loop closes."""
+    _needs_redis()
+    from tests.docs_examples import cache
+    from tests.docs_examples.cache_clients import CartTests, CheckoutTests
+
+    class CartPerClass(CartTests):
+        loop_scope = "class"
+
+    class CheckoutPerClass(CheckoutTests):
+        loop_scope = "class"
+
+    pool = cache.client.connection_pool
+    try:
+        assert_passed(run_case(CartPerClass), 1)
+        assert [each.is_connected for each in pool._available_connections] == [False]
+        assert_passed(run_case(CheckoutPerClass), 1)
+        assert [each.is_connected for each in pool._available_connections] == [True]
+    finally:
+        with warnings.catch_warnings():
+            # The connection left open on a closed loop: gone without a word from redis.
+            warnings.simplefilter("ignore", ResourceWarning)
+            pool.reset()
+            gc.collect()
+
+
+def test_cache_clients_without_loop_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.docs_examples.cache_clients import CartTests
+
+    monkeypatch.delattr(CartTests, "loop_scope")
+
+    [text] = problems(run_case(CartTests))
+    _, no_loop_scope = _text_blocks(DOCS / "howto" / "global-clients.rst")
+    assert text == f"{no_loop_scope}\n"
+
+
+def _text_blocks(page: Path) -> list[str]:
+    """The ``.. code-block:: text`` blocks of a page, their lines joined by a space."""
+    blocks = re.findall(r"^\.\. code-block:: text\n\n((?:    .*\n|\n)+)", page.read_text(), re.M)
+    return [" ".join(block.split()) for block in blocks]
 
 
 # A user's suite, written for Django's classes, to run on ours (docs/howto/try-a-suite.rst).
