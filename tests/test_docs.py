@@ -76,6 +76,11 @@ def test_health_blocking() -> None:
     ]
     for line, function in shown:
         assert f'health_blocking.py", line {line}, in {function}' in text, text
+    # So does the advice, wrapped on the page.
+    output = _text_blocks(DOCS / "howto" / "find-blocking.rst")[0]
+    advice = text.splitlines()[-1]
+    assert advice.startswith("A blocking call stalls every task of the test."), text
+    assert f" {advice} " in output
 
 
 def test_health_fixed() -> None:
