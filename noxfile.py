@@ -302,8 +302,9 @@ def asyncbackend(session: nox.Session) -> None:
         "-m",
         "pytest",
         "tests/test_asyncbackend.py",
-        # The how-to's sample (the rest of test_docs.py runs in the other sessions).
+        # The how-to's samples (the rest of test_docs.py runs in the other sessions).
         "tests/test_docs.py::test_async_backend",
+        "tests/test_docs.py::test_async_backend_settings",
         *session.posargs,
         env={"DJASYNCTEST_DB": "postgres-async-backend", "PYTHONDEVMODE": "1"},
     )

@@ -25,7 +25,7 @@ from django.test import override_settings
 from djasynctest import AsyncTestCase, BlockingWarning
 from djasynctest._conf import options
 from djasynctest._loop import close_shared_loops
-from tests.testapp.models import Item
+from tests.testapp.models import Item, Order
 from tests.utils import assert_passed, problems, run_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,6 +372,32 @@ def test_async_backend() -> None:
 
     assert_passed(run_case(OrderTests), 1)
     assert not Item.objects.exists()
+
+
+def test_async_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db.utils import ConnectionHandler
+
+    from tests.dbconfig import BACKEND
+
+    if BACKEND != "postgres-async-backend":
+        pytest.skip("runs with DJASYNCTEST_DB=postgres-async-backend (nox -s asyncbackend)")
+    from django_async_backend.db.models.base import AsyncModelMixin
+
+    # The suite's settings install the app as the sample does; its models have no mixin.
+    assert not issubclass(Order, AsyncModelMixin)
+    assert Order.async_objects.model is Order
+    for name, variable in [("HOST", "PGHOST"), ("USER", "PGUSER"), ("PASSWORD", "PGPASSWORD")]:
+        monkeypatch.setenv(f"POSTGRES_{name}", os.environ.get(variable, "djasynctest"))
+    monkeypatch.setenv("POSTGRES_DB", "postgres")
+    sample = importlib.reload(importlib.import_module("tests.docs_examples.async_backend_settings"))
+    assert "django_async_backend" in sample.INSTALLED_APPS
+    handler = ConnectionHandler(sample.DATABASES)
+    try:
+        with handler["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        handler.close_all()
 
 
 def test_postgres_settings(monkeypatch: pytest.MonkeyPatch) -> None:
