@@ -127,6 +127,28 @@ def test_runner_outcomes_reads_past_what_a_test_wrote_without_a_newline() -> Non
     }
 
 
+def test_runner_outcomes_reads_coloured_outcomes() -> None:
+    class Lines(unittest.TestCase):
+        def test_ok(self) -> None:
+            pass
+
+        def test_fails(self) -> None:
+            self.fail()
+
+    output = _run(io.StringIO(), Lines)
+    lines = f"{__name__}.{Lines.__qualname__}"
+    # As Python 3.14 writes them with FORCE_COLOR set.
+    coloured = output.replace(" ... ok\n", " ... \x1b[32mok\x1b[0m\n").replace(
+        " ... FAIL\n", " ... \x1b[31mFAIL\x1b[0m\n"
+    )
+    assert coloured != output
+
+    assert runner_outcomes(coloured, ["runtests.py"]) == {
+        f"test_fails ({lines}.test_fails)": "FAIL",
+        f"test_ok ({lines}.test_ok)": "ok",
+    }
+
+
 def test_runner_outcomes_exits_when_a_test_that_ran_has_no_line() -> None:
     class Lines(unittest.TestCase):
         def test_one(self) -> None:

@@ -32,6 +32,8 @@ DESCRIPTION = re.compile(
 )
 STATUS = re.compile(r"ok|FAIL|ERROR|expected failure|unexpected success|(?P<skipped>skipped) .*")
 SEPARATOR = "=" * 70
+# Python 3.14 colours the outcomes when FORCE_COLOR is set, or on a terminal.
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 SUMMARY = re.compile(r"(?:ERROR|FAIL|UNEXPECTED SUCCESS): ")
 RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)
 # A test whose line was found but not its outcome.
@@ -73,6 +75,7 @@ def runner_outcomes(output: str, command: list[str]) -> dict[str, str]:
             found[test] = outcome
 
     waiting = None  # the test whose outcome is on a later line
+    output = COLOUR.sub("", output)
     # Not splitlines(): a docstring with a "\r" in it stays on its line.
     lines = [*output.split("\n"), ""]
     number = 0
