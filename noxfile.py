@@ -3,9 +3,9 @@ matrix, conformance, lint, typing, docs); ``nox -s tests`` runs the whole matrix
 this machine can run.
 
 Pythons come from PATH; under pyenv, every installed 3.11+ version is made
-visible. A Python that is not found, or PostgreSQL that is not reachable, skips
-its sessions with a message (set DJASYNCTEST_REQUIRE_POSTGRES=1 to fail
-instead, as CI does).
+visible. A Python that is not found, or a PostgreSQL server the tests cannot
+connect to (PGHOST, PGPORT, PGUSER, PGPASSWORD), skips its sessions with a message
+that says why (set DJASYNCTEST_REQUIRE_POSTGRES=1 to fail instead, as CI does).
 """
 
 from __future__ import annotations
@@ -77,29 +77,44 @@ def _pyenv_version() -> str | None:
     return ":".join(".".join(map(str, v)) for _, v in sorted(newest.items())) or None
 
 
-if "PYENV_VERSION" not in os.environ and (_found := _pyenv_version()):
+if not os.environ.get("PYENV_VERSION") and (_found := _pyenv_version()):
     os.environ["PYENV_VERSION"] = _found
 
 
-def _postgres_reachable(session: nox.Session) -> bool:
+def _postgres_problem(session: nox.Session) -> str | None:
+    """Why the tests cannot connect to PostgreSQL, in libpq's or the server's own words
+    (psycopg's message: "password authentication failed for user ..."); None if they can."""
+    # Connects as tests/dbconfig.py does: PGHOST, PGUSER and PGPASSWORD with its
+    # defaults; libpq reads PGPORT (and the rest) itself.
     probe = (
-        "import os, psycopg; psycopg.connect(dbname='postgres', "
-        "host=os.environ.get('PGHOST', 'localhost'), "
-        "user=os.environ.get('PGUSER', 'djasynctest'), "
-        "password=os.environ.get('PGPASSWORD', 'djasynctest'), connect_timeout=3).close()"
+        "import os, psycopg\n"
+        "try:\n"
+        "    psycopg.connect(dbname='postgres', host=os.environ.get('PGHOST', 'localhost'),"
+        " user=os.environ.get('PGUSER', 'djasynctest'),"
+        " password=os.environ.get('PGPASSWORD', 'djasynctest'), connect_timeout=3).close()\n"
+        "except psycopg.Error as error:\n"
+        "    print(' '.join(str(error).split()))\n"
     )
-    try:
-        session.run("python", "-c", probe, silent=True)
-    except nox.command.CommandFailed:
-        return False
-    return True
+    # None when nothing runs (--install-only).
+    output = session.run("python", "-c", probe, silent=True, log=False) or ""
+    return output.strip() or None
 
 
-def _skip_without_postgres(session: nox.Session) -> None:
-    message = (
-        "PostgreSQL is not reachable (PGHOST/PGUSER/PGPASSWORD, defaults "
-        "localhost/djasynctest/djasynctest): start it, or see .ci/run."
+def _postgres_skip_message(problem: str) -> str:
+    host = os.environ.get("PGHOST", "localhost")
+    port = os.environ.get("PGPORT", "5432")
+    user = os.environ.get("PGUSER", "djasynctest")
+    end = "" if problem.endswith((".", "?", "!")) else "."
+    return (
+        f"Cannot connect to PostgreSQL as the tests do (host {host}, port {port}, user {user}): "
+        f"{problem}{end} Point the tests at a server, with a role that may create databases, "
+        "through PGHOST, PGPORT, PGUSER and PGPASSWORD (defaults localhost, 5432, djasynctest, "
+        "djasynctest), or set one up as .ci/run does."
     )
+
+
+def _skip_without_postgres(session: nox.Session, problem: str) -> None:
+    message = _postgres_skip_message(problem)
     if os.environ.get("DJASYNCTEST_REQUIRE_POSTGRES"):
         session.error(message)
     session.skip(message)
@@ -117,8 +132,8 @@ def _install(session: nox.Session, django: str, db: str) -> None:
 def tests(session: nox.Session, django: str, db: str) -> None:
     """The library's test suite on one Python, one Django and one database."""
     _install(session, django, db)
-    if db == "postgres" and not _postgres_reachable(session):
-        _skip_without_postgres(session)
+    if db == "postgres" and (problem := _postgres_problem(session)):
+        _skip_without_postgres(session, problem)
     # Two workers where there are two CPUs: most of the suite's time is in
     # subprocesses (runners, the pytest plugin's projects), which share nothing.
     # On PostgreSQL one: the two workers share the server, and the tests that
@@ -157,8 +172,8 @@ def order(session: nox.Session, db: str) -> None:
     reversed; CI runs it on SQLite (its PostgreSQL session runs the usual order)."""
     _install(session, NEWEST_DJANGO, db)
     session.install("-r", "examples/shop/requirements.txt")
-    if db == "postgres" and not _postgres_reachable(session):
-        _skip_without_postgres(session)
+    if db == "postgres" and (problem := _postgres_problem(session)):
+        _skip_without_postgres(session, problem)
     session.run("python", "tests/order.py", *session.posargs, env={"DJASYNCTEST_DB": db})
 
 
@@ -275,8 +290,8 @@ def asyncbackend(session: nox.Session) -> None:
         "psycopg[binary,pool]>=3.1",
         "django-async-backend>=6.1,<6.2",
     )
-    if not _postgres_reachable(session):
-        _skip_without_postgres(session)
+    if problem := _postgres_problem(session):
+        _skip_without_postgres(session, problem)
     session.run(
         "python",
         "-W",
@@ -284,8 +299,9 @@ def asyncbackend(session: nox.Session) -> None:
         "-m",
         "pytest",
         "tests/test_asyncbackend.py",
-        # The how-to's sample (the rest of test_docs.py runs in the other sessions).
+        # The how-to's samples (the rest of test_docs.py runs in the other sessions).
         "tests/test_docs.py::test_async_backend",
+        "tests/test_docs.py::test_async_backend_settings",
         *session.posargs,
         env={"DJASYNCTEST_DB": "postgres-async-backend", "PYTHONDEVMODE": "1"},
     )
@@ -311,7 +327,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
     session.run("python", "bench/plot.py")
     session.run("python", "bench/blocking.py")
-    if _postgres_reachable(session):
+    if (problem := _postgres_problem(session)) is None:
         postgres = ["--quick", "--json", "bench/results/postgres.json"]
         session.run(
             "python",
@@ -320,7 +336,7 @@ def bench(session: nox.Session) -> None:
             env={"DJASYNCTEST_DB": "postgres", "DJASYNCTEST_NAME_SUFFIX": "_bench"},
         )
     else:
-        session.log("PostgreSQL is not reachable: its benchmark is left out (see .ci/run).")
+        session.log(f"The benchmark on PostgreSQL is left out. {_postgres_skip_message(problem)}")
 
 
 @nox.session(python=ONE_PYTHON, tags=["ci"])

@@ -23,7 +23,9 @@ release = djasynctest.__version__
 version = release
 
 # No intersphinx: the docs must build offline, as in CI.
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.extlinks", "sphinx.ext.viewcode"]
+# :source:`tests/conformance/allowlist.txt`: a file of the repository, on GitHub.
+extlinks = {"source": ("https://github.com/djasynctest/djasynctest/blob/main/%s", "%s")}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 nitpicky = True

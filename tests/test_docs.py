@@ -25,8 +25,8 @@ from django.test import override_settings
 from djasynctest import AsyncTestCase, BlockingWarning
 from djasynctest._conf import options
 from djasynctest._loop import close_shared_loops
-from tests.testapp.models import Item
-from tests.utils import assert_passed, run_case
+from tests.testapp.models import Item, Order
+from tests.utils import assert_passed, problems, run_case
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -76,6 +76,11 @@ def test_health_blocking() -> None:
     ]
     for line, function in shown:
         assert f'health_blocking.py", line {line}, in {function}' in text, text
+    # So does the advice, wrapped on the page.
+    output = _text_blocks(DOCS / "howto" / "find-blocking.rst")[0]
+    advice = text.splitlines()[-1]
+    assert advice.startswith("A blocking call stalls every task of the test."), text
+    assert f" {advice} " in output
 
 
 def test_health_fixed() -> None:
@@ -167,12 +172,68 @@ def test_cache_clients() -> None:
 
     assert_passed(run_case(PerClass), 1)
     [(_, text)] = run_case(PerClass).errors
-    assert 'Set loop_scope = "session"' in text
+    # The how-to shows the note (and, below, the error of the sample without loop_scope)
+    # as the code words it, wrapped.
+    other_loop, _ = _text_blocks(DOCS / "howto" / "global-clients.rst")
+    assert re.search(
+        r"RuntimeError: Task <Task pending .*> got Future <Future pending.*> "
+        r"attached to a different loop\n",
+        text,
+    ), text
+    [note] = [line for line in text.splitlines() if line.startswith("djasynctest: ")]
+    assert other_loop == (
+        "RuntimeError: Task <Task pending ...> got Future <Future pending> attached to a "
+        f"different loop {note}"
+    )
     with warnings.catch_warnings():
         # Its connection went with the first class's loop, unclosed, as it would for a user.
         warnings.simplefilter("ignore", ResourceWarning)
         kept.clear()
         gc.collect()
+
+
+def test_cache_clients_with_a_loop_per_class() -> None:
+    """What the how-to says of the sample with loop_scope = "class": it passes, as
+    at_loop_close closes the first class's connection, and the second class, which
+    registers nothing, leaves its own open when its loop closes."""
+    _needs_redis()
+    from tests.docs_examples import cache
+    from tests.docs_examples.cache_clients import CartTests, CheckoutTests
+
+    class CartPerClass(CartTests):
+        loop_scope = "class"
+
+    class CheckoutPerClass(CheckoutTests):
+        loop_scope = "class"
+
+    pool = cache.client.connection_pool
+    try:
+        assert_passed(run_case(CartPerClass), 1)
+        assert [each.is_connected for each in pool._available_connections] == [False]
+        assert_passed(run_case(CheckoutPerClass), 1)
+        assert [each.is_connected for each in pool._available_connections] == [True]
+    finally:
+        with warnings.catch_warnings():
+            # The connection left open on a closed loop: gone without a word from redis.
+            warnings.simplefilter("ignore", ResourceWarning)
+            pool.reset()
+            gc.collect()
+
+
+def test_cache_clients_without_loop_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.docs_examples.cache_clients import CartTests
+
+    monkeypatch.delattr(CartTests, "loop_scope")
+
+    [text] = problems(run_case(CartTests))
+    _, no_loop_scope = _text_blocks(DOCS / "howto" / "global-clients.rst")
+    assert text == f"{no_loop_scope}\n"
+
+
+def _text_blocks(page: Path) -> list[str]:
+    """The ``.. code-block:: text`` blocks of a page, their lines joined by a space."""
+    blocks = re.findall(r"^\.\. code-block:: text\n\n((?:    .*\n|\n)+)", page.read_text(), re.M)
+    return [" ".join(block.split()) for block in blocks]
 
 
 # A user's suite, written for Django's classes, to run on ours (docs/howto/try-a-suite.rst).
@@ -311,6 +372,32 @@ def test_async_backend() -> None:
 
     assert_passed(run_case(OrderTests), 1)
     assert not Item.objects.exists()
+
+
+def test_async_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db.utils import ConnectionHandler
+
+    from tests.dbconfig import BACKEND
+
+    if BACKEND != "postgres-async-backend":
+        pytest.skip("runs with DJASYNCTEST_DB=postgres-async-backend (nox -s asyncbackend)")
+    from django_async_backend.db.models.base import AsyncModelMixin
+
+    # The suite's settings install the app as the sample does; its models have no mixin.
+    assert not issubclass(Order, AsyncModelMixin)
+    assert Order.async_objects.model is Order
+    for name, variable in [("HOST", "PGHOST"), ("USER", "PGUSER"), ("PASSWORD", "PGPASSWORD")]:
+        monkeypatch.setenv(f"POSTGRES_{name}", os.environ.get(variable, "djasynctest"))
+    monkeypatch.setenv("POSTGRES_DB", "postgres")
+    sample = importlib.reload(importlib.import_module("tests.docs_examples.async_backend_settings"))
+    assert "django_async_backend" in sample.INSTALLED_APPS
+    handler = ConnectionHandler(sample.DATABASES)
+    try:
+        with handler["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        handler.close_all()
 
 
 def test_postgres_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -140,7 +140,7 @@ def test_failing_async_set_up_class_rolls_back_and_closes_the_loop() -> None:
     assert leftover_rows() == {"items": [], "orders": 0}
 
 
-def test_async_set_up_class_needs_class_scope() -> None:
+def test_async_set_up_class_with_a_loop_per_test_fails_naming_the_longer_scopes() -> None:
     class NeedsClassLoop(AsyncTestCase):
         @classmethod
         async def asyncSetUpClass(cls) -> None:
@@ -150,11 +150,15 @@ def test_async_set_up_class_needs_class_scope() -> None:
             pass
 
     [text] = problems(run_case(NeedsClassLoop))
-    name = "test_async_set_up_class_needs_class_scope.<locals>.NeedsClassLoop"
-    assert (
-        f"TypeError: {name}.asyncSetUpClass needs one event loop for the whole class: "
-        f'set loop_scope = "class" on {name}.'
-    ) in text
+    name = (
+        "test_async_set_up_class_with_a_loop_per_test_fails_naming_the_longer_scopes"
+        ".<locals>.NeedsClassLoop"
+    )
+    assert text.endswith(
+        f"TypeError: {name}.asyncSetUpClass needs an event loop that lasts the whole class: "
+        f'set loop_scope = "class" on {name}, or "session" (or "module") to share one loop '
+        "with other classes, as a client kept between classes needs.\n"
+    )
 
 
 def test_bad_loop_scope_fails_at_class_creation() -> None:

@@ -263,12 +263,18 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     @classmethod
     @default_hook
     async def asyncSetUpClass(cls) -> None:
-        """With ``loop_scope = "class"``: runs once, on its loop, after ``setUpClass``."""
+        """Runs once per class, on the class's loop, after ``setUpClass`` (and so after
+        fixtures and ``setUpTestData``), in the class's context and transaction.
+
+        It needs a loop that outlives a test: any ``loop_scope`` but ``"test"`` (the
+        class's, the module's or the session's loop). A class with a loop per test that
+        defines it fails at ``setUpClass`` with a ``TypeError`` that says so."""
 
     @classmethod
     @default_hook
     async def asyncTearDownClass(cls) -> None:
-        """With ``loop_scope = "class"``: runs once, on its loop, before ``tearDownClass``."""
+        """Runs once per class, on the class's loop, before ``tearDownClass``; like
+        :meth:`asyncSetUpClass`, with any ``loop_scope`` but ``"test"``."""
 
     # --- Per test -----------------------------------------------------------
 
@@ -410,12 +416,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     @classmethod
     @default_hook
     async def _djat_class_started(cls) -> None:
-        """With ``loop_scope = "class"``: runs on its loop before ``asyncSetUpClass``."""
+        """With any ``loop_scope`` but ``"test"``: runs on the class's loop before
+        ``asyncSetUpClass``."""
 
     @classmethod
     @default_hook
     async def _djat_class_ending(cls) -> None:
-        """With ``loop_scope = "class"``: runs on its loop after ``asyncTearDownClass``."""
+        """With any ``loop_scope`` but ``"test"``: runs on the class's loop after
+        ``asyncTearDownClass``."""
 
     def _callTestMethod(self, method: Callable[[], Any]) -> None:
         if self._djat_call(method) is not None:

@@ -171,8 +171,10 @@ def _set_up_class(
         for hook in ("asyncSetUpClass", "asyncTearDownClass"):
             if _defines(klass, hook):
                 msg = (
-                    f"{klass.__qualname__}.{hook} needs one event loop for the whole class: "
-                    f'set loop_scope = "class" on {klass.__qualname__}.'
+                    f"{klass.__qualname__}.{hook} needs an event loop that lasts the whole "
+                    f'class: set loop_scope = "class" on {klass.__qualname__}, or "session" '
+                    '(or "module") to share one loop with other classes, as a client kept '
+                    "between classes needs."
                 )
                 raise TypeError(msg)
     ensure_test_databases(_aliases(klass))

@@ -7,8 +7,10 @@ and ``TransactionTestCase`` replaced by ``AsyncTestCase`` and
 ``AsyncTransactionTestCase`` before any test module imports them, and fails
 unless every test that passes the first time passes the second time (but for
 the reviewed entries of ``allowlist.txt``). A few tests that fail swapped (at
-most ``RERUN_AT_MOST``) run again on their own, swapped, and their second
-outcome counts: some of Django's tests time their own code.
+most ``RERUN_AT_MOST``), and every test whose outcome could not be read in the
+output, run again on their own, and their second outcome counts. Django's tests
+that time their own code (``SELF_TIMED``) are reported, not counted, when they
+fail swapped even so.
 
 The first run, of Django's whole suite, takes as long as the second: ``--all
 --record`` keeps what it found in ``baseline/`` (the tests that do not pass,
@@ -28,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from outcomes import allowed, broken, compare, runner_outcomes, sdist
+from outcomes import UNREAD, allowed, broken, compare, runner_outcomes, sdist
 
 HERE = Path(__file__).resolve().parent
 # More tests than this that fail swapped are a real break, not a loaded machine's timing.
@@ -52,6 +54,26 @@ APPS = [
 ]
 
 
+def _test(label: str) -> str:
+    """The test as Django's runner prints it, from its dotted label."""
+    return f"{label.rpartition('.')[2]} ({label})"
+
+
+# Django's tests that time their own code and fail on a loaded machine
+# (test_crafted_xml_performance took 3.24 s where it allows 2, with both CPUs busy),
+# even when run again on their own. Both classes are SimpleTestCase's, which the swap
+# leaves as they are, so their timings say how busy the machine was, not how our
+# classes behave: they are reported, not counted, when they fail swapped.
+SELF_TIMED = {
+    _test("serializers.test_deserialization.TestDeserializer.test_crafted_xml_performance"): (
+        "deserializing a larger input may take at most twice as long (Django 5.2 and 6.0)"
+    ),
+    _test("utils_tests.test_html.TestUtilsHtml.test_strip_tags_files"): (
+        "strip_tags() on two files must take less than a second each"
+    ),
+}
+
+
 def django_tests(cache: Path) -> Path:
     """The ``tests/`` folder of the installed Django's source, downloaded once."""
     import django
@@ -70,6 +92,16 @@ def outcomes(tests: Path, apps: list[str], *, swapped: bool, parallel: int) -> d
     # Not text=True: a docstring with a "\r" in it must stay on its line.
     output = (process.stdout + process.stderr).decode(errors="replace")
     return runner_outcomes(output, command)
+
+
+def run_again(tests: Path, found: dict[str, str], again: list[str], *, swapped: bool) -> None:
+    """Run the tests of ``again``, on their own, and put their outcomes in ``found``."""
+    labels = [test.partition(" (")[2].rstrip(")") for test in again]
+    second = outcomes(tests, labels, swapped=swapped, parallel=1)
+    for test in again:
+        outcome = second.get(test, "did not run")
+        print(f"Ran {test} again, {'swapped' if swapped else 'as published'}: {outcome}")
+        found[test] = second.get(test, found[test])
 
 
 def environment() -> dict[str, str]:
@@ -146,21 +178,30 @@ def main() -> int:
     plain = None if options.record or not options.all else recorded_baseline()
     if plain is None:
         plain = outcomes(tests, apps, swapped=False, parallel=options.parallel)
+        if unread := [test for test, outcome in plain.items() if outcome == UNREAD]:
+            run_again(tests, plain, unread, swapped=False)
         if options.all:
             record_baseline(plain)
     swapped = outcomes(tests, apps, swapped=True, parallel=options.parallel)
     allow = allowed(HERE / "allowlist.txt")
     failed = broken(plain, swapped, allow)
-    if 0 < len(failed) <= RERUN_AT_MOST:
-        # A few of Django's tests time their own code (test_crafted_xml_performance):
-        # on a loaded machine they can fail either way. Each that failed swapped runs
-        # again, swapped, on its own; its second outcome counts.
-        labels = [test.partition(" (")[2].rstrip(")") for test in failed]
-        again = outcomes(tests, labels, swapped=True, parallel=1)
-        for test in failed:
-            print(f"Ran {test} again, swapped: {again.get(test, 'did not run')}")
-            swapped[test] = again.get(test, swapped[test])
-    ok = compare(plain, swapped, allow, f"Django's own tests ({', '.join(apps) or 'every app'})")
+    # Some of Django's tests time their own code: on a loaded machine they can fail
+    # either way. A few that failed swapped run again, swapped, on their own; so does
+    # each whose outcome could not be read, and each of SELF_TIMED, however many
+    # others failed. Their second outcome counts.
+    if again := [
+        test
+        for test in failed
+        if len(failed) <= RERUN_AT_MOST or swapped[test] == UNREAD or test in SELF_TIMED
+    ]:
+        run_again(tests, swapped, again, swapped=True)
+    ok = compare(
+        plain,
+        swapped,
+        allow,
+        f"Django's own tests ({', '.join(apps) or 'every app'})",
+        self_timed=SELF_TIMED,
+    )
     return 0 if ok else 1
 
 

@@ -1,4 +1,4 @@
-# shop/cache.py: one client for the whole process, made at import.
+# One client for the whole process, made at import.
 import os
 
 import redis.asyncio as redis

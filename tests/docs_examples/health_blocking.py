@@ -8,7 +8,7 @@ from djasynctest import AsyncTestCase
 
 
 def check_payment_provider():
-    time.sleep(0.25)  # stands for a sync HTTP call: requests.get(PROVIDER_URL, timeout=5)
+    time.sleep(0.25)  # stands for a sync HTTP call, such as requests.get(url)
     return "up"
 
 
