@@ -150,7 +150,7 @@ class Loop:
         try:
             return self._run(coro, context=context)
         except SynchronousOnlyOperation as exc:
-            _add_note(
+            add_note(
                 exc,
                 CAPTURE_QUERIES_HINT
                 if _raised_in(exc, "CaptureQueriesContext.")
@@ -158,8 +158,8 @@ class Loop:
             )
             raise
         except RuntimeError as exc:
-            if not self.adopted and self.scope in _LIFETIMES and _bound_elsewhere(exc):
-                _add_note(exc, other_loop_hint(self.scope))
+            if not self.adopted and self.scope in _LIFETIMES and bound_elsewhere(exc):
+                add_note(exc, other_loop_hint(self.scope))
             raise
 
     def close(self, *, exiting: bool = False) -> None:
@@ -332,7 +332,7 @@ def at_loop_close(callback: Callable[[], object], /) -> None:
         loop.at_close.append(callback)
 
 
-def _add_note(exc: BaseException, note: str) -> None:
+def add_note(exc: BaseException, note: str) -> None:
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
 
@@ -347,7 +347,7 @@ def _raised_in(exc: BaseException, qualname_prefix: str) -> bool:
     return False
 
 
-def _bound_elsewhere(exc: RuntimeError) -> bool:
+def bound_elsewhere(exc: RuntimeError) -> bool:
     text = str(exc)
     return any(words in text for words in _OTHER_LOOP) or text == _CLOSED_LOOP
 

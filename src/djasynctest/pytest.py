@@ -69,8 +69,8 @@ from djasynctest._diagnostics import warn_at
 from djasynctest._loop import (
     Loop,
     Run,
-    _add_note,
-    _bound_elsewhere,
+    add_note,
+    bound_elsewhere,
     close_shared_loops,
     entering_module,
     loop_for,
@@ -789,8 +789,8 @@ def _run_for_pytest_asyncio(
     try:
         return watched.run(coro, context)
     except RuntimeError as exc:
-        if loop.scope in _PYTEST_SCOPES[:-1] and _bound_elsewhere(exc):
-            _add_note(exc, _pytest_asyncio_loop_hint(loop.scope, _options(item).loop_scope))
+        if loop.scope in _PYTEST_SCOPES[:-1] and bound_elsewhere(exc):
+            add_note(exc, _pytest_asyncio_loop_hint(loop.scope, _options(item).loop_scope))
         raise
     finally:
         if db is not None:
