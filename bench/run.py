@@ -820,12 +820,21 @@ def print_table(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--tests", type=int, default=400, help="tests of each kind and flavour (default 400)"
+        "--tests",
+        type=int,
+        default=400,
+        help="tests of each kind and flavour in each round (default 400)",
     )
     parser.add_argument("--per-class", type=int, default=10, help="tests per class (default 10)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds, of which the median (default 3)"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
-    parser.add_argument("--quick", action="store_true", help="skip the child-process runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip the runs in child processes and the resources run",
+    )
     options = parser.parse_args()
     setup_test_environment()
     setup_databases(verbosity=0, interactive=False, aliases={"default"})
