@@ -200,8 +200,8 @@ CALL_EXTRA_US = 90.0
 # In the mixed suite: (kind, flavour): the most it may cost, as a ratio to the sync test.
 MIXED_TARGETS = {
     ("trivial", "AsyncTestCase, loop per class"): 2.0,
-    ("trivial", "AsyncTestCase, sync test"): 1.1,
-    ("orm", "AsyncTestCase, sync test"): 1.1,
+    ("trivial", "AsyncTestCase, sync test"): 1.15,
+    ("orm", "AsyncTestCase, sync test"): 1.15,
 }
 # In the mixed suite, trivial test: faster than Django's async def test, at least (loop
 # per class).
