@@ -348,6 +348,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             len(item.fixturenames),
         )
         item.fixturenames.insert(first, _FUNCTION_LOOP)
+        if uses_db and "django_db_setup" not in item.fixturenames:
+            # The test databases (pytest-django's session fixture, which the db fixtures
+            # request only as they run) are made before the test's timeout starts.
+            item.fixturenames.insert(first, "django_db_setup")
 
 
 def _is_unittest(item: pytest.Function) -> bool:
