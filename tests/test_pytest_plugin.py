@@ -612,6 +612,34 @@ def test_sync_tests_and_unittest_classes_in_the_same_run(project: pytest.Pyteste
     run(project).assert_outcomes(passed=7)
 
 
+def test_timeout_leaves_the_making_of_the_test_databases_out(project: pytest.Pytester) -> None:
+    """The first db test sets pytest-django's session fixture up: not within its timeout."""
+    project.makeconftest(
+        """
+        import time
+        import pytest
+
+
+        @pytest.fixture(scope="session")
+        def django_db_setup(django_db_setup):
+            time.sleep(1)  # a test database that takes a while to make
+        """
+    )
+    project.makepyfile(
+        test_first="""
+        import pytest
+        from tests.testapp.models import Item
+
+
+        @pytest.mark.django_db
+        @pytest.mark.djasynctest(timeout=0.5)
+        async def test_quick():
+            assert await Item.objects.acount() == 0
+        """
+    )
+    run(project).assert_outcomes(passed=1)
+
+
 def test_timeout_from_the_marker(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_timeout="""
