@@ -330,5 +330,6 @@ def test_asyncio_runner_close_as_close_runner_mirrors_it() -> None:
         assert line in close, line
     loop = asyncio.base_events.BaseEventLoop
     assert "self._ready = collections.deque()" in source(loop.__init__)
+    assert "self._scheduled = []" in source(loop.__init__)
     assert "if not len(self._asyncgens):" in source(loop.shutdown_asyncgens)
     assert "if self._default_executor is None:" in source(loop.shutdown_default_executor)

@@ -742,14 +742,18 @@ def test_a_tests_loop_is_closed_with_what_it_left_shut_down() -> None:
         asyncio.get_event_loop_policy().get_event_loop()
 
 
-def test_callbacks_a_test_left_ready_run_before_its_loop_closes() -> None:
+@pytest.mark.parametrize("queue", ["call_soon", "call_later"])
+def test_callbacks_a_test_left_due_run_before_its_loop_closes(queue: str) -> None:
     ran: list[str] = []
 
     class LeavesACallback(AsyncTestCase):
         async def test_it(self) -> None:
             loop = asyncio.get_running_loop()
-            # Queued by a callback that runs as the test ends: ready when the loop stops.
-            loop.call_soon(loop.call_soon, ran.append, "ran")
+            # Queued by a callback that runs as the test ends: due when the loop stops.
+            if queue == "call_soon":
+                loop.call_soon(loop.call_soon, ran.append, "ran")
+            else:
+                loop.call_soon(loop.call_later, 0, ran.append, "ran")
 
     assert_passed(run_case(LeavesACallback), 1)
     assert ran == ["ran"]

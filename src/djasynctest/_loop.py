@@ -245,16 +245,17 @@ def close_runner(runner: asyncio.Runner) -> None:
     ``asyncio.Runner.close`` cancels the loop's tasks, then runs the loop twice, to
     close its async generators and to join its default executor, even when there
     are none: about 40 µs for every test with a loop of its own. This closes the
-    loop at once when it has no callback ready to run (those runs would run it: a
-    future's outcome that the DB thread handed over as the run was interrupted), no
-    task left, no async generator alive and no default executor; otherwise it is
-    ``runner.close()``.
+    loop at once when it has no callback ready to run or timed (those runs would
+    run what is due: a future's outcome that the DB thread handed over as the run
+    was interrupted), no task left, no async generator alive and no default
+    executor; otherwise it is ``runner.close()``.
     """
     if runner._state is not asyncio.runners._State.INITIALIZED:  # type: ignore[attr-defined]
         return
     loop = runner.get_loop()
     if (
         getattr(loop, "_ready", True)
+        or getattr(loop, "_scheduled", True)
         or asyncio.all_tasks(loop)
         or getattr(loop, "_asyncgens", True)
         or getattr(loop, "_default_executor", True) is not None
