@@ -558,7 +558,7 @@ def test_a_live_servers_requests_join_the_transaction() -> None:
     class Live(AsyncLiveServerTestCase):
         async def test_it(self) -> None:
             await Async.async_objects.acreate(name="made by the test")
-            async with httpx.AsyncClient(base_url=self.live_server_url) as http:
+            async with httpx.AsyncClient(verify=False, base_url=self.live_server_url) as http:
                 response = await http.post(
                     "/async-backend-items/", data={"name": "made by a request"}
                 )

@@ -33,6 +33,9 @@ def test_runner_outcomes_reads_every_kind_of_result_line() -> None:
             """Its first line ... has dots ... ok and parentheses (too)."""
             self.fail()
 
+        def test_docstring_naming_a_hook(self) -> None:
+            """Settings are overridden within setUpClass (#21281)."""
+
         def test_subtest_with_docstring(self) -> None:
             """The time to process invalid inputs is not quadratic."""
             with self.subTest("varying depth, varying length"):
@@ -83,6 +86,7 @@ def test_runner_outcomes_reads_every_kind_of_result_line() -> None:
     lines = f"{prefix}.Lines"
     assert found == {
         f"test_docstring ({lines}.test_docstring)": "FAIL",
+        f"test_docstring_naming_a_hook ({lines}.test_docstring_naming_a_hook)": "ok",
         f"test_expected_failure ({lines}.test_expected_failure)": "expected failure",
         f"test_ok ({lines}.test_ok)": "ok",
         f"test_skipped ({lines}.test_skipped)": "skipped",

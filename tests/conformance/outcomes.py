@@ -27,7 +27,8 @@ from pathlib import Path
 # they are not read.
 DESCRIPTION = re.compile(
     r"(?P<test>(?P<name>\w+) \([^\s()]+\.(?P=name)\)"
-    r"|(?:setUp|tearDown)(?:Class|Module) \([^\s()]+\))"
+    # A class's or a module's dotted name: "setUpClass (#21281)" in a docstring is not one.
+    r"|(?:setUp|tearDown)(?:Class|Module) \([^\s()]+\.[^\s()]+\))"
     r"(?P<rest>.*)"
 )
 STATUS = re.compile(r"ok|FAIL|ERROR|expected failure|unexpected success|(?P<skipped>skipped) .*")
