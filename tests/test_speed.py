@@ -51,6 +51,32 @@ def test_a_class_runs_its_threads_on_one_cpu_and_gives_their_masks_back() -> Non
 
 
 @needs_affinity
+def test_a_db_thread_pinned_before_it_starts_working_stays_pinned() -> None:
+    """The DB thread a class starts may run its first line after the class pinned it."""
+    from djasynctest._affinity import unpinned
+
+    pinned = threading.Event()
+    masks: list[set[int]] = []
+
+    def db_thread_starts() -> None:
+        pinned.wait(10)
+        unpinned()  # the first thing a thread of the library's own does
+        masks.append(os.sched_getaffinity(0))
+
+    thread = threading.Thread(target=db_thread_starts)
+    thread.start()
+    restore = pin_together(thread.native_id)
+    assert restore is not None
+    try:
+        pinned.set()
+        thread.join(10)
+        assert masks == [os.sched_getaffinity(0)]
+        assert len(masks[0]) == 1
+    finally:
+        restore()
+
+
+@needs_affinity
 @pytest.mark.parametrize(
     ("cpu_affinity", "settings"), [(False, {}), (None, {"CPU_AFFINITY": False})]
 )

@@ -55,11 +55,13 @@ def unpinned() -> None:
 
     A thread inherits the mask of the thread that starts it, which may be a
     pinned one (a DB thread replaced in the middle of a class, the watchdog
-    started by a pinned test thread).
+    started by a pinned test thread). One that ``pin_together`` pinned before it
+    ran this (the DB thread a class starts) stays pinned.
     """
     if _setaffinity is not None and _PROCESS_MASK is not None:
-        with contextlib.suppress(OSError):
-            if _getaffinity(0) != _PROCESS_MASK:  # type: ignore[misc]
+        with _pinning, contextlib.suppress(OSError):
+            pinned_by_its_class = threading.get_native_id() in _pinned
+            if not pinned_by_its_class and _getaffinity(0) != _PROCESS_MASK:  # type: ignore[misc]
                 _setaffinity(0, _PROCESS_MASK)
 
 
@@ -84,11 +86,12 @@ def pin_together(db_thread_id: int | None) -> Restore | None:
     pinned: list[int] = []
     for tid in masks:
         try:
-            _setaffinity(tid, {cpu})
+            with _pinning:  # a thread just started may be unpinning itself (unpinned())
+                _setaffinity(tid, {cpu})
+                _pinned[tid] = masks[tid]
         except OSError:
             break
         pinned.append(tid)
-        _pinned[tid] = masks[tid]
     else:
         return lambda: _restore(masks)
     _restore({tid: masks[tid] for tid in pinned})
@@ -104,6 +107,8 @@ def _restore(masks: dict[int, set[int]]) -> None:
 
 # The threads pin_together pinned (native ids), with the masks they had before.
 _pinned: dict[int, set[int]] = {}
+# Orders pin_together's pinning of a thread with that thread's own unpinned().
+_pinning = threading.Lock()
 _THREAD_STARTS = frozenset({"_thread.start_new_thread", "_thread.start_joinable_thread"})
 # Audit events of a program started from this process (os.fork: see _after_fork).
 _PROGRAM_STARTS = frozenset(
