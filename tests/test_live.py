@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import sys
+import types
 import unittest
 from typing import Any, ClassVar
 
@@ -12,7 +14,7 @@ import httpx
 import pytest
 from django.contrib.auth.models import User
 
-from djasynctest import AsyncLiveServerTestCase
+from djasynctest import AsyncLiveServerTestCase, _live
 from tests.testapp.models import Item, Order
 from tests.utils import assert_passed, leftover_rows, problems, run_case
 
@@ -259,3 +261,28 @@ def test_unknown_application_path_fails_the_class_with_the_cause() -> None:
     [(case, text)] = run_case(Misnamed).errors
     assert "setUpClass" in str(case)
     assert 'Module "tests.asgi" does not define a "no_such_application" attribute' in text
+
+
+def test_openssl_is_set_up_off_the_loop_before_the_first_test(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first SSL context of a process sets OpenSSL up (slow on a busy machine): the
+    class makes one before its tests, off their loops (httpx makes one per client)."""
+    made: list[tuple[str, bool]] = []
+
+    def context(protocol: int) -> ssl.SSLContext:
+        made.append((str(protocol), asyncio._get_running_loop() is not None))
+        return ssl.SSLContext(protocol)
+
+    monkeypatch.setattr(
+        _live,
+        "ssl",
+        types.SimpleNamespace(SSLContext=context, PROTOCOL_TLS_CLIENT=ssl.PROTOCOL_TLS_CLIENT),
+    )
+
+    class Client(AsyncLiveServerTestCase):
+        async def test_it(self) -> None:
+            made.append(("the test", True))
+
+    assert_passed(run_case(Client), 1)
+    assert made == [(str(ssl.PROTOCOL_TLS_CLIENT), False), ("the test", True)]

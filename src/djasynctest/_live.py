@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Any, ClassVar
 
 from django.apps import apps
@@ -164,6 +165,11 @@ class AsyncLiveServerTestCase(AsyncTestCase):
     def setUpClass(cls) -> None:
         super().setUpClass()
         _uvicorn()  # a missing extra fails the class, before any test
+        # OpenSSL sets itself up with the first SSL context of the process, reading its
+        # configuration: 0.1 s on a busy machine with a cold disk cache. Here, then, not
+        # on the loop of the first test that makes an HTTP client (httpx makes a context
+        # even with verify=False), where the blocking detector would rightly report it.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         cls.enterClassContext(modify_settings(ALLOWED_HOSTS={"append": cls.host}))
         # Once per class: Django loads its middleware each time it makes a handler.
         cls._djat_application = cls._djat_load_application()
