@@ -63,17 +63,24 @@ def test_a_db_thread_pinned_before_it_starts_working_stays_pinned() -> None:
         unpinned()  # the first thing a thread of the library's own does
         masks.append(os.sched_getaffinity(0))
 
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, CPUS)  # every CPU, whatever an earlier test left
     thread = threading.Thread(target=db_thread_starts)
     thread.start()
-    restore = pin_together(thread.native_id)
-    assert restore is not None
     try:
+        restore = pin_together(thread.native_id)
+        assert restore is not None
+        try:
+            pinned.set()
+            thread.join(10)
+            assert masks == [os.sched_getaffinity(0)]
+            assert len(masks[0]) == 1
+        finally:
+            restore()
+    finally:
         pinned.set()
         thread.join(10)
-        assert masks == [os.sched_getaffinity(0)]
-        assert len(masks[0]) == 1
-    finally:
-        restore()
+        os.sched_setaffinity(0, mine)
 
 
 @needs_affinity
@@ -282,6 +289,7 @@ def test_class_cleanups_run_after_a_debug_run_that_skipped_them() -> None:
             if not cls.fail_set_up:
                 raise ValueError("tearDownClass failed")
 
+    before = os.sched_getaffinity(0) if CPUS else None
     suite = unittest.defaultTestLoader.loadTestsFromTestCase(Debugged)
     with pytest.raises(ValueError, match="tearDownClass failed"):
         suite.debug()
@@ -291,3 +299,5 @@ def test_class_cleanups_run_after_a_debug_run_that_skipped_them() -> None:
     result = run_case(Debugged)
     assert "setUpClass failed" in result.errors[0][1]
     assert ran == ["cleanup", "cleanup"]
+    # The debug() run's end came with the next run: its threads have their CPUs back.
+    assert (os.sched_getaffinity(0) if CPUS else None) == before

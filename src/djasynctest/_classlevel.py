@@ -165,6 +165,8 @@ def _set_up_class(
     if "_djat_cleaned_up" in klass.__dict__:
         # Left by a run of the class whose doClassCleanups never came (debug(), Ctrl-C).
         del klass._djat_cleaned_up
+    # What such a run left undone: its loop, its context's routing, its threads' CPU masks.
+    _class_done(klass)
     opts = options(klass)
     klass._djat_options = opts
     if opts.loop_scope == "test":
