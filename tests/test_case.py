@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pickle
 import re
+import threading
 import unittest
 from typing import Any
 
@@ -112,7 +115,7 @@ def test_helper_simple_test_case_before_the_mixin_is_allowed_and_its_class_hooks
             events.append(("test", thread()))
 
     assert_passed(run_case(UsesHelpers), 1)
-    assert events == [("helpers setUpClass", "db"), ("test", "db")]
+    assert events == [("helpers setUpClass", "db"), ("test", "main")]
     assert leftover_rows() == {"items": [], "orders": 0}
 
 
@@ -245,9 +248,9 @@ PER_TEST = [
     "test",
     ("asyncTearDown", "main"),
     ("tearDown", "main"),
-    ("cleanup_sync", "db"),
+    ("cleanup_sync", "main"),
     ("cleanup_async", "main"),
-    ("rollback", "db"),
+    ("rollback", "main"),
 ]
 
 
@@ -265,12 +268,10 @@ def test_hooks_run_in_order_on_their_threads(bases: tuple[type, ...]) -> None:
     result = run_case(case, "test_it", "test_sync")
     assert_passed(result, 2)
     expected = [("setUpClass", "db"), ("setUpTestData", "main")]
-    for name, where in (("test", "main"), ("test_sync", "db")):
-        expected.append(("pre_setup", "db"))
-        expected += [(name, where) if step == "test" else step for step in PER_TEST]
-    # Each rollback is followed by the next test's per-test setup, in the same
-    # turn of the DB thread; after the last test, that one is undone.
-    expected += [("pre_setup", "db"), ("rollback", "db"), ("tearDownClass", "db")]
+    for name in ("test", "test_sync"):
+        expected.append(("pre_setup", "main"))
+        expected += [(name, "main") if step == "test" else step for step in PER_TEST]
+    expected.append(("tearDownClass", "db"))
     assert case.events == expected  # type: ignore[attr-defined]
     assert leftover_rows() == {"items": [], "orders": 0}
 
@@ -307,6 +308,36 @@ def test_rows_made_anywhere_are_seen_everywhere_in_the_test_and_gone_after() -> 
     # 4 items in test_1 (class, setUp, asyncSetUp, its own), 3 in the others;
     # the order each test made is gone in the next one.
     assert seen == [(4, 0), (3, 0), (3, 0)]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_sync_code_after_a_cancelled_orm_call_waits_for_it_to_finish() -> None:
+    """A sync hook shares the DB thread's connection: a query that a cancelled task
+    left running there ends before the hook's first query."""
+    started, release = threading.Event(), threading.Event()
+    counts: list[int] = []
+
+    def slow_create() -> None:
+        started.set()
+        release.wait(10)
+        for n in range(200):
+            Item.objects.create(name=f"made after the task was cancelled {n}")
+
+    class Cancelled(AsyncTestCase):
+        async def test_it(self) -> None:
+            task = asyncio.create_task(sync_to_async(slow_create)())
+            while not started.is_set():  # until the DB thread runs it
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            release.set()  # it goes on there, as the test ends
+
+        def tearDown(self) -> None:
+            counts.append(Item.objects.count())
+
+    assert_passed(run_case(Cancelled), 1)
+    assert counts == [200]
     assert leftover_rows() == {"items": [], "orders": 0}
 
 

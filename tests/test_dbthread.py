@@ -114,3 +114,47 @@ def test_work_queued_on_a_stopping_db_thread_fails_clearly_and_never_waits() -> 
         late.result(timeout=5)
     with pytest.raises(RuntimeError, match="The next test class starts a new DB thread"):
         db.call(int)
+
+
+def test_idle_returns_once_the_job_running_now_has_finished(db: DBThread) -> None:
+    """Sync code that shares the DB thread's connections waits for it to be idle."""
+    started, go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def job() -> None:
+        started.set()
+        go.wait(10)
+        order.append("job")
+
+    db.submit(job)
+    started.wait(10)
+    waiter = threading.Thread(target=lambda: (db.idle(), order.append("idle")))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive(), "idle() returned while a job was running"
+    go.set()
+    waiter.join(10)
+    assert order == ["job", "idle"]
+
+
+def test_idle_costs_no_job_when_nothing_is_queued_even_after_a_cancelled_one(
+    db: DBThread,
+) -> None:
+    started, go = threading.Event(), threading.Event()
+    db.submit(lambda: (started.set(), go.wait(10)))
+    started.wait(10)
+    db.submit(int).cancel()  # never runs
+    go.set()
+    db.idle()
+    jobs = db.jobs_started
+    db.idle()
+    assert db.jobs_started == jobs
+
+
+def test_idle_on_a_stopped_thread_waits_for_its_connections_to_close_and_says_why() -> None:
+    closed: list[str] = []
+    db = DBThread(on_stop=lambda: closed.append("closed"))
+    db.stop(timeout=0)
+    with pytest.raises(RuntimeError, match=r"^The djasynctest DB thread has stopped, "):
+        db.idle()
+    assert closed == ["closed"]

@@ -428,9 +428,9 @@ def test_a_sync_test_after_the_db_thread_stopped_fails_with_the_cause() -> None:
     result = run_then_a_clean_class(unittest.defaultTestLoader.loadTestsFromTestCase(Stops))
 
     problems = problems_by_test(result)
-    # The first ends as it ran, its rollback too (the stopped thread finishes the job
-    # it runs); the rest of the class cannot run.
-    assert set(problems) == {"test_2_sync", "tearDownClass"}, problems
+    # The first's rollback, and the rest of the class, cannot run: the stopped thread
+    # rolled their transactions back as it closed its connections.
+    assert set(problems) == {"test_1_stops", "test_2_sync", "tearDownClass"}, problems
     for name in problems:
         assert "RuntimeError: The djasynctest DB thread has stopped" in problems[name]
     assert CleanAfterwards.seen == [0]

@@ -198,7 +198,7 @@ class _AsyncioRunExecutor:
 
 @pytest.mark.parametrize(
     ("executor", "async_thread"),
-    [((), "main"), ((_AsyncioRunExecutor,), "db")],
+    [((), "main"), ((_AsyncioRunExecutor,), "main")],
     ids=["on the test's loop", "asyncio.run executor"],
 )
 def test_hypothesis_sync_and_async_examples_each_rolled_back(
@@ -225,7 +225,7 @@ def test_hypothesis_sync_and_async_examples_each_rolled_back(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert_passed(run_case(Properties), 2)
-    assert set(ran["sync"]) == {"db"}
+    assert set(ran["sync"]) == {"main"}
     assert set(ran["async"]) == {async_thread}
     assert len(ran["sync"]) >= 2
     assert len(ran["async"]) >= 2

@@ -75,7 +75,7 @@ from djasynctest._conf import (
     check_class,
     options,
 )
-from djasynctest._dbthread import db_thread, outcome
+from djasynctest._dbthread import db_thread, lend_connections, outcome, restore_connections
 from djasynctest._dbtools import (
     AsyncModifySettings,
     AsyncOverrideSettings,
@@ -166,8 +166,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _djat_reset(self) -> None:
         self._djat_all_sync: bool | None = None
         self._djat_pre_setup = None
-        # Run on D whole (_djat_run_on_db_thread): its per-test setup is done in place.
-        self._djat_whole_on_db = False
+        # Sync code runs here, on M, with D's connection objects (see _setupAsyncioRunner).
+        self._djat_in_place = False
+        self._djat_own_connections: dict[str, Any] | None = None
+        self._djat_in_sync_code = False  # M runs a sync hook, test or cleanup in place
         self._djat_set_up_in_place = False
         self._djat_routing = None
         self._djat_teardown_due = False
@@ -190,34 +192,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def run(self, result: unittest.TestResult | None = None) -> unittest.TestResult | None:
         try:
-            if (
-                self._djat_is_all_sync()
-                and self._djat_options_now().timeout is None
-                and not db_thread().stopped  # the usual way reports why, test by test
-            ):
-                return _off_db_thread(self._djat_run_on_db_thread, result)
             return _off_db_thread(super().run, result)
         except KeyboardInterrupt:
             stop_db_thread_on_interrupt()
             raise
-
-    def _djat_run_on_db_thread(
-        self, result: unittest.TestResult | None
-    ) -> unittest.TestResult | None:
-        """M: a test whose code is all sync runs on D from start to end, in one hand-over.
-
-        unittest's ``run`` then calls every hook, the test, the cleanups and
-        the rollback where they are (see ``_djat_call``); async code that turns
-        up (an async cleanup) is sent back here, to the loop (``ask_caller``).
-        With a timeout, the test takes the usual way, where this thread waits
-        for each part with the deadline.
-        """
-        self._djat_whole_on_db = True
-        self._setupAsyncioRunner()
-        try:
-            return outcome(db_thread().submit_hosted(unittest.TestCase.run, self, result))
-        finally:
-            self._tearDownAsyncioRunner()
 
     def _djat_options_now(self) -> Options:
         return type(self).__dict__.get("_djat_options") or options(type(self))
@@ -279,15 +257,22 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     # --- Per test -----------------------------------------------------------
 
     def _setupAsyncioRunner(self) -> None:
-        # M. Start the per-test database setup on D first, so that D opens
-        # the atomics while M builds the loop.
+        # M.
         assert self._asyncioRunner is None, "asyncio runner is already initialized"
         cls = type(self)
+        opts = self._djat_options = self._djat_options_now()
+        db = db_thread()
+        if opts.timeout is None and not db.stopped:
+            # Sync code (Django's per-test set-up and rollback, sync hooks and tests)
+            # runs here, where Django runs it, on the connection objects of D, which
+            # hold the class's transaction: the two threads take turns (_djat_call).
+            # With a timeout, it runs on D, which M can then give up on.
+            self._djat_in_place = True
+            self._djat_own_connections = lend_connections(db)
         if not _is_skipped(self):
             pending = take_next_pre_setup(cls)
-            if pending is None and self._djat_whole_on_db:
-                # In place, in the one hand-over of the test (_callSetUp).
-                self._djat_set_up_in_place = True
+            if pending is None and self._djat_in_place:
+                self._djat_set_up_in_place = True  # in _callSetUp
             elif pending is None:
                 try:
                     pending = db_thread().submit(self._djat_run_pre_setup)
@@ -297,7 +282,6 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
                     pending = Future()
                     pending.set_exception(exc)
             self._djat_pre_setup = pending
-        opts = self._djat_options = self._djat_options_now()
         context = class_context(cls)
         if context is not None:
             # What the class's hooks set, for this test alone.
@@ -341,13 +325,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._pre_setup()  # type: ignore[attr-defined]
 
     def _djat_post_teardown(self) -> None:
-        # D, as the last cleanup.
+        # M in place, or D, as the last cleanup.
         self._djat_teardown_due = False
         try:
             self._post_teardown()  # type: ignore[attr-defined]
         finally:
             check_class_transaction(self)
-        queue_next_pre_setup(self)
+        if not self._djat_in_place:
+            queue_next_pre_setup(self)
 
     def _djat_left_behind(self) -> bool:
         """M: whether the DB thread was abandoned to this test's stuck sync code.
@@ -365,10 +350,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         return True
 
     def _djat_roll_back(self) -> None:
-        # M (or D, for a test run there whole). No timeout may cut the rollback
-        # short; but after a timeout, the DB thread may be stuck in the test's
-        # sync code, and is then abandoned (which ends the transactions from outside).
+        # M. No timeout may cut the rollback short; but after a timeout, the DB
+        # thread may be stuck in the test's sync code, and is then abandoned
+        # (which ends the transactions from outside).
         db, deadline = db_thread(), self._djat_deadline
+        if self._djat_in_place:
+            db.idle()
+            run_in(self._asyncioTestContext, self._djat_post_teardown)
+            return
         if db.is_current():
             run_in(self._asyncioTestContext, self._djat_post_teardown)
             return
@@ -382,13 +371,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_teardown_due = False
 
     def _callSetUp(self) -> None:
-        # M, or D for a test run there whole (_djat_run_on_db_thread).
+        # M.
         pending, self._djat_pre_setup = self._djat_pre_setup, None
         in_place, self._djat_set_up_in_place = self._djat_set_up_in_place, False
         if pending is not None or in_place:
             if pending is not None:
                 _finish(pending)
             else:
+                db_thread().idle()
                 self._djat_run_pre_setup()
             self._djat_teardown_due = True
             self.addCleanup(self._djat_post_teardown)
@@ -468,7 +458,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if not self._djat_left_behind() and self._djat_routing is not None:
                 self._asyncioTestContext.run(exit_routing, self._djat_routing)
         finally:
-            loop = self._djat_loop
+            loop, own = self._djat_loop, self._djat_own_connections
+            if own is not None:
+                restore_connections(own)
             self._djat_reset()
             self._asyncioRunner = None
             if loop is not None and loop.scope == "test":
@@ -481,13 +473,21 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     # --- Dispatch -----------------------------------------------------------
 
     def _djat_call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run a hook, test or cleanup: coroutines on the loop, the rest on D."""
+        """Run a hook, test or cleanup: coroutines on the loop, the rest here (on D's
+        connection objects, once D is idle) or, with a timeout, on D."""
         __tracebackhide__ = True
         self._djat_left_behind()
         if _is_async(func):
             return self._djat_run_coroutine(func(*args, **kwargs))
         db, deadline, context = db_thread(), self._djat_deadline, self._asyncioTestContext
-        if db.is_current():
+        if self._djat_in_place:
+            db.idle()
+            outer, self._djat_in_sync_code = self._djat_in_sync_code, True
+            try:
+                result = run_in(context, func, *args, **kwargs)
+            finally:
+                self._djat_in_sync_code = outer
+        elif db.is_current():
             result = run_in(context, func, *args, **kwargs)
         else:
             # M serves the job while it waits: an async hook that a sync wrapper
@@ -499,18 +499,24 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             return self._djat_run_coroutine(awaited(result))
         return result
 
-    def _djat_run_from_db_thread(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """D, in a hook run by _djat_call: run ``coro`` on the test's loop, to the end.
+    def _djat_run_from_sync_code(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """In a sync hook or test that _djat_call runs: run ``coro`` on the test's loop,
+        to the end (from D, the loop's thread runs it meanwhile). Anywhere else,
+        ``coro`` is returned as it is.
 
         The context goes to the loop and comes back, as asgiref's
-        ``async_to_sync`` takes it; D serves the coroutine's ORM calls meanwhile.
+        ``async_to_sync`` takes it.
         """
         __tracebackhide__ = True
+        db = db_thread()
+        here = self._djat_in_sync_code and not db.is_current()
+        if not (here or db.is_current()):
+            return coro
         context = contextvars.copy_context()
         try:
-            return db_thread().ask_caller(
-                functools.partial(self._djat_run_coroutine, coro, context=context)
-            )
+            if here:
+                return self._djat_run_coroutine(coro, context)
+            return db.ask_caller(functools.partial(self._djat_run_coroutine, coro, context))
         except LookupError:
             # Not called from a hook (by hand, from a sync test): a loop of its own.
             return async_to_sync(awaited)(coro)

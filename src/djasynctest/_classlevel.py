@@ -496,10 +496,6 @@ def queue_next_pre_setup(case: Any) -> None:
     cls: Any = type(case)
     if not cls.__dict__.get("_djat_set_up") or "_djat_lost" in cls.__dict__:
         return  # a test run on its own, outside setUpClass/tearDownClass; or no transaction
-    if case._djat_whole_on_db:
-        # M has nothing to do meanwhile (the next test is most likely all sync too, and
-        # sets up in place, in its one hand-over): a job of its own would only cost.
-        return
     if issubclass(cls, TestCase):
         if not (cls._databases_support_transactions() and cls._databases_support_savepoints()):
             return

@@ -105,6 +105,9 @@ class DBThread(Executor):
         self._closed = False
         self.busy = False  # running a job now (read by diagnostics on other threads)
         self.jobs_started = 0  # with busy: whether it is still in the same job
+        self._queued = 0  # jobs queued (under _lock), and finished (by this thread): see idle()
+        self._finished = 0
+        self._objects: dict[str, Any] | None = None  # see connection_objects()
         self._host: Hosted[Any] | None = None  # the job running now, if its caller serves it
         self.interrupted = False  # stopped because the run was interrupted (Ctrl-C)
         self.abandoned_by: str | None = None  # the test whose stuck code it was left in
@@ -118,6 +121,43 @@ class DBThread(Executor):
     def is_current(self) -> bool:
         """Whether the calling code runs on this thread."""
         return threading.current_thread() is self.thread
+
+    def idle(self) -> None:
+        """From another thread: return once every job queued so far has finished.
+
+        Sync code of a test that uses this thread's connection objects in place
+        (``lend_connections``) waits here first: a job that a cancelled task left
+        running must end before another thread touches the same connection.
+        Raises the stopped error if it stopped with work undone.
+        """
+        __tracebackhide__ = True
+        if self._closed:
+            # Its connections are being closed (on_stop): wait for that, and say why
+            # the test's transaction is gone.
+            # (One abandoned to stuck code had them closed from outside already.)
+            if self.abandoned_by is None and not self.is_current() and self.thread.is_alive():
+                self.thread.join()
+            raise self._stopped_error()
+        if self._finished != self._queued:
+            self.call(int)  # one job at a time, in order: the earlier ones are done
+
+    def connection_objects(self) -> dict[str, Any]:
+        """This thread's connection object of each database alias (made on first use).
+
+        They hold the test transactions; sharing them with the test's thread is
+        allowed once and for all (``inc_thread_sharing``, as Django's
+        ``LiveServerThread`` does with the test's), and the two threads take turns.
+        """
+        objects = self._objects
+        if objects is None:
+            objects = self._objects = self.call(_own_connection_objects)
+        return objects
+
+    def owns(self, connection: Any) -> bool:
+        """Whether ``connection`` is one of this thread's connection objects."""
+        return self.is_current() or (
+            self._objects is not None and self._objects.get(connection.alias) is connection
+        )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Queue ``fn``; from a running event loop, the result is an ``asyncio.Future``.
@@ -194,6 +234,7 @@ class DBThread(Executor):
                     return asgirefs_own_executor().submit(fn, *args, **kwargs)
                 raise self._stopped_error()
             self._jobs.put((future, fn, args, kwargs))
+            self._queued += 1
         return future
 
     def _forked_away(self) -> None:
@@ -304,6 +345,8 @@ class DBThread(Executor):
         except BaseException as exc:
             with contextlib.suppress(BaseException):
                 _settle(job[0], exc, failed=True)
+        finally:
+            self._finished += 1  # run, failed or cancelled: see idle()
 
     def _fail_queued_jobs(self) -> None:
         # D, at its end (or the thread that abandons it): nothing may wait for
@@ -422,6 +465,41 @@ def db_thread(*, replace_stopped: bool = False) -> DBThread:
             # while they are open), without waiting forever on a hung query.
             atexit.register(_current.stop, timeout=5)
         return _current
+
+
+def _own_connection_objects() -> dict[str, Any]:
+    # D.
+    from django.db import connections
+
+    objects = {alias: connections[alias] for alias in connections}
+    for connection in objects.values():
+        connection.inc_thread_sharing()
+    return objects
+
+
+def lend_connections(db: DBThread) -> dict[str, Any]:
+    """Make the DB thread's connection objects the calling thread's; return its own.
+
+    Django's ``connections`` keeps one object per alias per thread: from now on
+    this thread's code (a test's sync code, Django's per-test set-up and rollback)
+    uses the objects that hold the test's transactions, as the DB thread does.
+    ``restore_connections`` with what this returns undoes it.
+    """
+    from django.db import connections
+
+    own = {}
+    for alias, connection in db.connection_objects().items():
+        own[alias] = connections[alias]
+        connections[alias] = connection
+    return own
+
+
+def restore_connections(own: dict[str, Any]) -> None:
+    """Undo ``lend_connections``: the calling thread's own connection objects again."""
+    from django.db import connections
+
+    for alias, connection in own.items():
+        connections[alias] = connection
 
 
 def _close_connections() -> None:

@@ -163,7 +163,7 @@ def keep_test_transactions(*, connection: Any, **kwargs: Any) -> None:
     come through the test client.
     """
     db = running_db_thread()
-    if db is None or not db.is_current() or getattr(connection, "_djat_keeps", False):
+    if db is None or not db.owns(connection) or getattr(connection, "_djat_keeps", False):
         return
     close_if_obsolete = connection.close_if_unusable_or_obsolete
 

@@ -483,7 +483,7 @@ def on_connection_created(*, connection: Any, **kwargs: Any) -> None:
     db = running_db_thread()
     if db is None or getattr(connection, "_djat_bridged", False):
         return  # a django-async-backend wrapper on the DB thread's connection (_asyncbackend)
-    if db.is_current():
+    if db.owns(connection):
         db.connections.add(connection)
     elif watched is not None:
         watched.append((threading.current_thread().name, connection))

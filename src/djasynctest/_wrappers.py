@@ -8,7 +8,7 @@ replaces ``setUp`` and ``tearDown`` so, after the class is made; a
 calls is replaced, when the class is made, with ``callable_from_sync_code`` of
 it: called as usual, it returns its coroutine; called from sync code on the
 DB thread, where the mixin runs the wrapper, it has the test's thread run the
-coroutine on the test's loop to the end (``_case``: ``_djat_run_from_db_thread``).
+coroutine on the test's loop to the end (``_case``: ``_djat_run_from_sync_code``).
 """
 
 from __future__ import annotations
@@ -50,12 +50,11 @@ def callable_from_sync_code(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def hook(*args: Any, **kwargs: Any) -> Any:
         coro = func(*args, **kwargs)
-        db = running_db_thread()
-        if db is None or not db.is_current() or loop_running():
+        if running_db_thread() is None or loop_running():
             return coro
         # hypothesis passes every argument by name, the test case too.
         case = args[0] if args else kwargs["self"]
-        return case._djat_run_from_db_thread(coro)
+        return case._djat_run_from_sync_code(coro)
 
     hook._djat_from_sync = True  # type: ignore[attr-defined]
     return markcoroutinefunction(hook)

@@ -38,7 +38,7 @@ class OrdersTests(AsyncTestCase):
         self.assertEqual(response.json(), {"items": ["fixture-ink", "pen"]})
 
     def test_sync(self):
-        self.assertEqual(threading.current_thread().name, "djasynctest-db")
+        self.assertIs(threading.current_thread(), threading.main_thread())
         self.assertEqual((Order.objects.count(), User.objects.count()), (0, 1))
 
 
