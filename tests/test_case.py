@@ -93,9 +93,7 @@ def test_wrong_base_order_is_a_type_error_naming_the_right_order() -> None:
     )
 
 
-def test_helper_simple_test_case_before_the_mixin_is_allowed_and_its_class_hooks_run_on_db() -> (
-    None
-):
+def test_helper_simple_test_case_before_the_mixin_is_allowed_and_its_class_hooks_run() -> None:
     """As Django's own suite does: class T(OptimizerTestBase, OperationTestBase)."""
     events: list[tuple[str, str]] = []
 
@@ -115,7 +113,7 @@ def test_helper_simple_test_case_before_the_mixin_is_allowed_and_its_class_hooks
             events.append(("test", thread()))
 
     assert_passed(run_case(UsesHelpers), 1)
-    assert events == [("helpers setUpClass", "db"), ("test", "main")]
+    assert events == [("helpers setUpClass", "main"), ("test", "main")]
     assert leftover_rows() == {"items": [], "orders": 0}
 
 
@@ -267,11 +265,11 @@ def test_hooks_run_in_order_on_their_threads(bases: tuple[type, ...]) -> None:
     case = _recording_case(*bases)
     result = run_case(case, "test_it", "test_sync")
     assert_passed(result, 2)
-    expected = [("setUpClass", "db"), ("setUpTestData", "main")]
+    expected = [("setUpClass", "main"), ("setUpTestData", "main")]
     for name in ("test", "test_sync"):
         expected.append(("pre_setup", "main"))
         expected += [(name, "main") if step == "test" else step for step in PER_TEST]
-    expected.append(("tearDownClass", "db"))
+    expected.append(("tearDownClass", "main"))
     assert case.events == expected  # type: ignore[attr-defined]
     assert leftover_rows() == {"items": [], "orders": 0}
 

@@ -101,9 +101,13 @@ def test_sync_hook_calling_async_to_sync_reaches_db_thread_for_orm() -> None:
     assert counts == [1, 1]
 
 
-def test_a_process_forked_from_the_db_thread_starts_with_no_routing() -> None:
-    """A server a sync setUpClass forks is no DB thread of ours, and routes nothing to one:
-    its thread-sensitive calls, and async_to_sync inside them, run as without djasynctest."""
+@pytest.mark.parametrize(("timeout", "forks_on"), [(None, "MainThread"), (60.0, "djasynctest-db")])
+def test_a_process_forked_from_a_class_hook_starts_with_no_routing(
+    timeout: float | None, forks_on: str
+) -> None:
+    """A server a sync setUpClass forks (on the test's thread; on the DB thread with a
+    timeout) is no DB thread of ours, and routes nothing to one: its thread-sensitive
+    calls, and async_to_sync inside them, run as without djasynctest."""
     # asgiref's process-wide thread, started before the fork as in any longer run: the
     # child inherits its executor, but not the thread.
     asyncio.run(sync_to_async(thread)())
@@ -119,9 +123,10 @@ def test_a_process_forked_from_the_db_thread_starts_with_no_routing() -> None:
         async def test_it(self) -> None:
             seen.append(await sync_to_async(thread)())
 
+    ForksAServer.timeout = timeout  # type: ignore[misc]
     assert_passed(run_case(ForksAServer), 1)
     [(forked_on, is_db_thread, (served_on, sent)), here] = seen
-    assert (forked_on, is_db_thread) == ("djasynctest-db", False)
+    assert (forked_on, is_db_thread) == (forks_on, False)
     assert served_on != "djasynctest-db"
     assert sent == "sent"
     assert here == "db"

@@ -230,10 +230,14 @@ def test_a_sync_test_runs_on_the_test_thread_with_no_hand_over(loop_scope: str) 
     assert seen == [("main", 2), ("main", 1), ("main", 1), ("main", 1)]
 
 
-def test_a_class_is_torn_down_and_cleaned_up_in_one_hand_over() -> None:
-    """tearDownClass, the end of the class atomics and the class cleanups run in one job,
-    in that order, as unittest calls them; a failing tearDownClass still gets its cleanups."""
-    seen: list[tuple[str, int]] = []
+@pytest.mark.parametrize(("timeout", "where"), [(None, "main"), (60.0, "db")])
+def test_a_class_is_torn_down_and_cleaned_up_in_one_hand_over_at_most(
+    timeout: float | None, where: str
+) -> None:
+    """tearDownClass, the end of the class atomics and the class cleanups run in that
+    order, as unittest calls them, on the test's thread (with a timeout: on the DB thread,
+    in one job); a failing tearDownClass still gets its cleanups."""
+    seen: list[tuple[str, str, int]] = []
 
     class Cleaned(AsyncTestCase):
         fail = False
@@ -241,26 +245,32 @@ def test_a_class_is_torn_down_and_cleaned_up_in_one_hand_over() -> None:
         @classmethod
         def setUpClass(cls) -> None:
             super().setUpClass()
-            cls.addClassCleanup(lambda: seen.append(("cleanup", db_thread().jobs_started)))
+            cls.addClassCleanup(
+                lambda: seen.append(("cleanup", thread(), db_thread().jobs_started))
+            )
 
         def test_it(self) -> None:
             Item.objects.create(name="test")
 
         @classmethod
         def tearDownClass(cls) -> None:
-            seen.append(("tearDownClass", db_thread().jobs_started))
+            seen.append(("tearDownClass", thread(), db_thread().jobs_started))
             super().tearDownClass()
             if cls.fail:
                 raise ValueError("tearDownClass failed")
 
+    Cleaned.timeout = timeout  # type: ignore[misc]
     assert_passed(run_case(Cleaned), 1)
-    assert [name for name, _ in seen] == ["tearDownClass", "cleanup"]
-    assert seen[0][1] == seen[1][1]
+    assert [(name, thread) for name, thread, _ in seen] == [
+        ("tearDownClass", where),
+        ("cleanup", where),
+    ]
+    assert seen[0][2] == seen[1][2]
 
     seen.clear()
     Cleaned.fail = True
     result = run_case(Cleaned)
-    assert [name for name, _ in seen] == ["tearDownClass", "cleanup"]
+    assert [name for name, _, _ in seen] == ["tearDownClass", "cleanup"]
     assert len(result.errors) == 1
     assert "ValueError: tearDownClass failed" in result.errors[0][1]
     assert Item.objects.count() == 0

@@ -1,28 +1,29 @@
 """AsyncTestMixin: Django's test cases on IsolatedAsyncioTestCase.
 
-How a test runs (M = the test's thread, which runs its event loop; D = the
-process's DB thread, which owns every database connection):
+How a test runs (M = the test's thread, which runs its event loop and its sync
+code, as in Django; D = the process's DB thread, which runs the database work
+of async code):
 
-1. ``setUpClass`` / ``tearDownClass`` / ``doClassCleanups`` (Django's and the
-   user's) run on D, ``async def setUpTestData`` on M: see ``_classlevel``.
-2. ``_setupAsyncioRunner`` (M) hands Django's per-test ``_pre_setup`` (client,
-   mail outbox, per-test atomics) to D, then builds the event loop while D
-   works; ``_callSetUp`` (M) waits for it and registers ``_post_teardown``
-   (rollback) as the first cleanup, so that it runs after every other one.
-   Within a class, D queues the next test's ``_pre_setup`` right after each
-   rollback, so M no longer waits for it (see ``queue_next_pre_setup``).
-3. Each hook, the test and each cleanup runs where it belongs: coroutine
-   functions on the loop (M), in the test's ``contextvars.Context`` (a copy of
-   the class's, see ``_classlevel``); plain functions on D, in that same
-   context, its asgiref ``Local`` values re-homed at each hand-over (see
-   ``_routing``). The loop runs only while async code runs, so the two never
-   use the context at the same time. While D runs a plain function, M serves
-   it: an async hook that a sync wrapper calls there runs on M's loop (see
-   ``_wrappers``).
-4. Before the first hook, the test's context enters the routing context (see
+1. One set of connection objects, D's, holds the class's and the test's
+   transactions. M borrows them (``_dbthread.lend_connections``) for the class
+   and each test, and the two threads take turns: before sync code touches
+   them, M waits for D to be idle (a query a cancelled task left running).
+2. ``setUpClass`` / ``tearDownClass`` / ``doClassCleanups`` (Django's and the
+   user's) and ``async def setUpTestData``: see ``_classlevel``.
+3. Django's per-test ``_pre_setup`` (client, mail outbox, per-test atomics)
+   runs in ``_callSetUp``, which registers ``_post_teardown`` (rollback) as
+   the first cleanup, so that it runs after every other one.
+4. Each hook, the test and each cleanup runs where it belongs, in the test's
+   ``contextvars.Context`` (a copy of the class's): coroutine functions on the
+   loop, plain functions on M, outside the loop. An async hook that a sync
+   wrapper calls runs on the loop too (see ``_wrappers``).
+5. Before the first hook, the test's context enters the routing context (see
    ``_routing``): thread-sensitive ``sync_to_async`` calls, which is all of
    Django's async ORM and request handling, go to D.
-5. ``_tearDownAsyncioRunner`` (M) finishes a teardown that an exception
+6. With a ``timeout``, sync code runs on D instead (M waits for it with the
+   deadline, and gives D up if it never returns); D then sets the next test
+   of the class up right after each rollback (``queue_next_pre_setup``).
+7. ``_tearDownAsyncioRunner`` (M) finishes a teardown that an exception
    skipped (``debug()``), exits the routing context, and closes the loop.
 """
 

@@ -2,12 +2,14 @@
 
 unittest (and pytest) call ``setUpClass``, ``tearDownClass`` and
 ``doClassCleanups`` on the test's thread (M). Each class that defines one gets
-a wrapper that sends the whole call, the user's code and Django's chain behind
-``super()``, to the DB thread (D): class atomics, fixtures and
-``setUpTestData`` then open their transactions on D's connections. While D
-sets a class up, M runs an event loop, so that an ``async def
-setUpTestData``, which Django calls through ``async_to_sync`` on D, runs on M
-with its ORM calls sent back to D.
+a wrapper that runs the whole call, the user's code and Django's chain behind
+``super()``, on the connection objects of the DB thread (D), so that the
+class atomics, fixtures and ``setUpTestData`` open their transactions there:
+in place on M, which borrows D's objects from ``setUpClass`` until the class
+is done (``_dbthread.lend_connections``); with a ``timeout``, on D, which M
+can then give up on. An ``async def setUpTestData`` runs on the class's loop
+on M (in place), or on a loop M runs while D sets the class up (with a
+timeout), its ORM calls on D either way.
 
 Each class has a ``contextvars.Context`` of its own, made from M's when the
 class is set up: its class-level hooks run in it, on whichever thread, so that
@@ -35,7 +37,14 @@ from djasynctest._asyncbackend import bridge as bridge_async_backend
 from djasynctest._asyncbackend import uses_async_backend
 from djasynctest._bootstrap import ensure_test_databases
 from djasynctest._conf import options
-from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
+from djasynctest._dbthread import (
+    DBThread,
+    db_thread,
+    lend_connections,
+    outcome,
+    restore_connections,
+    running_db_thread,
+)
 from djasynctest._dbtools import (
     connect_receivers,
     connection_state,
@@ -44,13 +53,17 @@ from djasynctest._dbtools import (
 )
 from djasynctest._diagnostics import Deadline, stop_db_thread_on_interrupt
 from djasynctest._loop import Loop, loop_for
-from djasynctest._routing import enter_routing, exit_routing, run_in
+from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
 
 __unittest = True
 
 T = TypeVar("T")
 
 CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
+# Set while a class hook runs in place (M), for the hooks it calls through super().
+_IN_CLASS_HOOK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "djasynctest.in_class_hook", default=False
+)
 # A class cleanup of Django's that only makes sense on the DB thread.
 _REMOVE_DATABASES_FAILURES = SimpleTestCase._remove_databases_failures.__func__  # type: ignore[attr-defined]
 
@@ -116,15 +129,15 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
     def on_db_thread(klass: Any, /, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         db = db_thread(replace_stopped=name == "setUpClass")
-        if db.is_current():
-            # Called through super() from a hook already on D.
+        if db.is_current() or _IN_CLASS_HOOK.get():
+            # Called through super() from a hook already running (on D, or in place).
             return func(klass, *args, **kwargs)
         if db.interrupted:
             # Ctrl-C ended the run and, with the DB thread, the class's transaction;
             # pytest still tears classes down.
             return None
         if name == "doClassCleanups" and klass.__dict__.get("_djat_cleaned_up"):
-            # Run by tearDownClass's job already (_tear_down_on_db_thread).
+            # Run by tearDownClass already (_tear_down).
             del klass._djat_cleaned_up
             _class_done(klass)
             return None
@@ -149,7 +162,7 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
             stop_db_thread_on_interrupt()
             raise
         try:
-            return _call_in_class_context(db, func, klass, *args, **kwargs)
+            return _on_its_thread(db, klass, _in_class_context, func, klass, *args, **kwargs)
         finally:
             _class_done(klass)
 
@@ -183,7 +196,10 @@ def _set_up_class(
     connect_receivers()
     if opts.cpu_affinity:
         klass._djat_unpin = pin_together(db.thread.native_id)
-    set_up = _rolled_back_on_failure(_with_runner_state(func), klass)
+    set_up = _rolled_back_on_failure(_with_runner_state(func), klass)  # reads M's own
+    if opts.timeout is None:
+        # Sync class hooks run here, on D's connection objects, until the class is done.
+        klass._djat_own_connections = lend_connections(db)
     context = klass._djat_context = contextvars.copy_context()
     # Thread-sensitive calls made in the class's context, and in its tests'
     # (copies of it), go to D, until the class is done; a test that runs async
@@ -195,6 +211,8 @@ def _set_up_class(
         and klass._databases_support_transactions()
     ):
         context.run(bridge_async_backend, _aliases(klass))
+    if _lent(klass):
+        return _set_up_class_in_place(db, set_up, klass, context, opts, args, kwargs)
     if not isinstance(inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData):
         # No async setUpTestData: D sets the class up in the class's context, in one
         # hand-over, with no event loop running.
@@ -245,6 +263,74 @@ def _set_up_class(
     return result
 
 
+def _set_up_class_in_place(
+    db: DBThread,
+    set_up: Callable[..., Any],
+    klass: Any,
+    context: contextvars.Context,
+    opts: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """M: set the class up here, in its context, on D's connection objects.
+
+    An ``async def setUpTestData`` runs on the class's loop (a loop of its own
+    with a loop per test), here too, its ORM calls on D.
+    """
+    __tracebackhide__ = True
+    class_loop = None
+    if opts.loop_scope != "test" or isinstance(
+        inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData
+    ):
+        loop = loop_for(
+            opts.loop_scope,
+            klass.__module__,
+            debug=opts.loop_debug,
+            loop_factory=opts.loop_factory,
+        )
+        class_loop = klass._djat_class_loop = ClassLoop(context, loop)
+    try:
+        db.idle()
+        result = run_in(context, _as_class_hook, set_up, klass, *args, **kwargs)
+    except BaseException as exc:
+        _close_class_loop(klass)
+        if isinstance(exc, asyncio.CancelledError):
+            raise _cancelled(klass, "setUpClass") from exc
+        raise
+    if opts.loop_scope == "test":
+        _close_class_loop(klass)  # it ran setUpTestData; each test has a loop of its own
+    else:
+        _start_class_loop(db, klass, context, opts, class_loop)
+    klass._djat_set_up = True
+    return result
+
+
+def _as_class_hook(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """M, in the class's context: ``func`` as a class hook run in place, whose calls to
+    the hooks of its bases through ``super()`` run in place too."""
+    __tracebackhide__ = True
+    token = _IN_CLASS_HOOK.set(True)
+    try:
+        return func(*args, **kwargs)
+    finally:
+        _IN_CLASS_HOOK.reset(token)
+
+
+def _lent(klass: Any) -> bool:
+    """Whether ``klass`` runs its sync class hooks here, on D's connection objects."""
+    return "_djat_own_connections" in klass.__dict__
+
+
+def _on_its_thread(db: DBThread, klass: Any, func: Callable[..., T], /, *args: Any) -> T:
+    """M: ``func(*args)`` where ``klass`` runs its sync class hooks: here, once D is
+    idle, or on D."""
+    __tracebackhide__ = True
+    if _lent(klass):
+        db.idle()
+        return func(*args)
+    return db.call(func, *args)
+
+
 def _start_class_loop(
     db: DBThread,
     klass: Any,
@@ -274,7 +360,7 @@ def _start_class_loop(
             )
     except BaseException:
         _close_class_loop(klass)
-        db.call(undo_class_set_up, klass)
+        _on_its_thread(db, klass, undo_class_set_up, klass)
         raise
 
 
@@ -414,20 +500,20 @@ def _tear_down_class(
                     "asyncTearDownClass",
                 )
         finally:
-            result = db.call(_tear_down_on_db_thread, unused, func, klass, args, kwargs)
+            result = _on_its_thread(db, klass, _tear_down, unused, func, klass, args, kwargs)
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "tearDownClass") from exc
     return result
 
 
-def _tear_down_on_db_thread(
+def _tear_down(
     unused: Future[Any] | None,
     func: Callable[..., T],
     klass: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    # D, in one hand-over: undo the set-up queued for a next test that never came,
+    # D (in one hand-over) or M in place: undo the set-up queued for a next test that never came,
     # run tearDownClass (in the class's context), end the class atomics, and run the
     # class cleanups, which unittest and pytest call right after tearDownClass
     # whether it failed or not (doClassCleanups then has nothing left to do).
@@ -523,21 +609,15 @@ def _undo_unused_pre_setup(pending: Future[Any] | None) -> None:
         pending.result()._post_teardown()
 
 
-def _call_in_class_context(
-    db: DBThread, func: Callable[..., T], klass: Any, /, *args: Any, **kwargs: Any
-) -> T:
-    """M: ``func(klass, ...)`` on D, in the class's context (when the class was set up)."""
-    __tracebackhide__ = True
-    return db.call(_in_class_context, func, klass, *args, **kwargs)
-
-
 def _in_class_context(func: Callable[..., T], klass: Any, /, *args: Any, **kwargs: Any) -> T:
-    """D: ``func(klass, ...)`` in the class's context (when the class was set up)."""
+    """D, or M in place: ``func(klass, ...)`` as a class hook, in the class's context (when
+    the class was set up)."""
     __tracebackhide__ = True
     context = class_context(klass)
     if context is None:
-        return func(klass, *args, **kwargs)
-    return run_in(context, func, klass, *args, **kwargs)
+        return _as_class_hook(func, klass, *args, **kwargs)
+    result: T = run_in(context, _as_class_hook, func, klass, *args, **kwargs)
+    return result
 
 
 def class_context(klass: type) -> contextvars.Context | None:
@@ -552,6 +632,10 @@ def _class_done(klass: Any) -> None:
         _close_class_loop(klass)
     finally:
         _forget_class_context(klass)
+        own = klass.__dict__.get("_djat_own_connections")
+        if own is not None:
+            del klass._djat_own_connections
+            restore_connections(own)
         unpin = klass.__dict__.get("_djat_unpin")
         if unpin is not None:
             del klass._djat_unpin
@@ -633,9 +717,19 @@ class _AsyncSetUpTestData:
 
         @functools.wraps(func)
         def setUpTestData(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             if loop_running():
                 return func(owner, *args, **kwargs)
-            return async_to_sync(func)(owner, *args, **kwargs)
+            class_loop = owner.__dict__.get("_djat_class_loop")
+            if class_loop is None or not _IN_CLASS_HOOK.get():
+                return async_to_sync(func)(owner, *args, **kwargs)
+            # M, setting the class up in place: on its loop, in a copy of the
+            # context, whose changes come back as async_to_sync brings them.
+            context = contextvars.copy_context()
+            try:
+                return class_loop.loop.run(func(owner, *args, **kwargs), context)
+            finally:
+                adopt(context)
 
         return setUpTestData
 

@@ -340,13 +340,14 @@ class DBThread(Executor):
 
     def _run_or_fail(self, job: _Job) -> None:
         # A fault of this module fails the job, not the thread.
+        finished = self._finished
         try:
             self._run(job)
         except BaseException as exc:
+            if self._finished == finished:
+                self._finished += 1
             with contextlib.suppress(BaseException):
                 _settle(job[0], exc, failed=True)
-        finally:
-            self._finished += 1  # run, failed or cancelled: see idle()
 
     def _fail_queued_jobs(self) -> None:
         # D, at its end (or the thread that abandons it): nothing may wait for
@@ -368,6 +369,7 @@ class DBThread(Executor):
         del job
         on_loop = not isinstance(future, Future)
         if future.cancelled() if on_loop else not future.set_running_or_notify_cancel():
+            self._finished += 1
             return
         # Work that arrives here directly (not through sync_to_async) must not
         # find a stale event loop left by an earlier call.
@@ -377,7 +379,12 @@ class DBThread(Executor):
         self.jobs_started += 1
         host, self._host = self._host, future if isinstance(future, Hosted) else None
         try:
-            result = fn(*args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                # Its code is done with the connections (see idle()), before its caller,
+                # which may then run sync code at once, learns its outcome.
+                self._finished += 1
         except BaseException as exc:
             # Drop our frames from the traceback: it starts at fn.
             _settle(future, exc.with_traceback(_tail(exc)), failed=True)
@@ -489,8 +496,10 @@ def lend_connections(db: DBThread) -> dict[str, Any]:
 
     own = {}
     for alias, connection in db.connection_objects().items():
-        own[alias] = connections[alias]
-        connections[alias] = connection
+        mine = connections[alias]
+        if mine is not connection:  # lent already (for the test's class)
+            own[alias] = mine
+            connections[alias] = connection
     return own
 
 
