@@ -62,6 +62,7 @@ from djasynctest._classlevel import (
     check_class_transaction,
     class_context,
     default_hook,
+    lends_connections,
     make_async_set_up_test_data_callable,
     queue_next_pre_setup,
     raise_if_class_transaction_lost,
@@ -269,7 +270,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             # hold the class's transaction: the two threads take turns (_djat_call).
             # With a timeout, it runs on D, which M can then give up on.
             self._djat_in_place = True
-            self._djat_own_connections = lend_connections(db)
+            if not lends_connections(cls):  # a test run outside its class's set-up
+                self._djat_own_connections = lend_connections(db)
         if not _is_skipped(self):
             pending = take_next_pre_setup(cls)
             if pending is None and self._djat_in_place:
@@ -388,9 +390,6 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             # it ends: a task it left behind cannot write into the next test. A sync
             # test's context is a copy of its class's, which is routed already.
             self._djat_routing = self._asyncioTestContext.run(enter_routing, db_thread())
-        opts = self._djat_options
-        if opts.leak_checks:
-            self.addCleanup(self._djat_check_leaks)
         if uses_async_backend():
             # Before the leak check and the rollback or flush.
             opened, _ = self._asyncioTestContext.run(watch_opened)
@@ -431,12 +430,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._djat_call(self.tearDown)
 
     def _callCleanup(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
-        if function == self._djat_check_leaks:
-            function()  # here: it looks at the loop and the threads, not the database
-        elif function == self._djat_close_async_backend:
+        if function == self._djat_close_async_backend:
             function(*args)
         elif function == self._djat_post_teardown:
-            self._djat_roll_back()
+            try:
+                self._djat_check_leaks()  # first: it looks at the loop and the threads
+            finally:
+                self._djat_roll_back()
         else:
             self._djat_call(function, *args, **kwargs)
 

@@ -211,7 +211,7 @@ def _set_up_class(
         and klass._databases_support_transactions()
     ):
         context.run(bridge_async_backend, _aliases(klass))
-    if _lent(klass):
+    if lends_connections(klass):
         return _set_up_class_in_place(db, set_up, klass, context, opts, args, kwargs)
     if not isinstance(inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData):
         # No async setUpTestData: D sets the class up in the class's context, in one
@@ -316,8 +316,9 @@ def _as_class_hook(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         _IN_CLASS_HOOK.reset(token)
 
 
-def _lent(klass: Any) -> bool:
-    """Whether ``klass`` runs its sync class hooks here, on D's connection objects."""
+def lends_connections(klass: Any) -> bool:
+    """Whether M has D's connection objects for ``klass`` (set up in place, until it is
+    done): its tests need not borrow them each."""
     return "_djat_own_connections" in klass.__dict__
 
 
@@ -325,7 +326,7 @@ def _on_its_thread(db: DBThread, klass: Any, func: Callable[..., T], /, *args: A
     """M: ``func(*args)`` where ``klass`` runs its sync class hooks: here, once D is
     idle, or on D."""
     __tracebackhide__ = True
-    if _lent(klass):
+    if lends_connections(klass):
         db.idle()
         return func(*args)
     return db.call(func, *args)

@@ -24,6 +24,7 @@ from concurrent.futures import Executor, Future
 from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
+from django.db import connections
 from typing_extensions import ParamSpec
 
 from djasynctest._affinity import unpinned
@@ -476,8 +477,6 @@ def db_thread(*, replace_stopped: bool = False) -> DBThread:
 
 def _own_connection_objects() -> dict[str, Any]:
     # D.
-    from django.db import connections
-
     objects = {alias: connections[alias] for alias in connections}
     for connection in objects.values():
         connection.inc_thread_sharing()
@@ -492,8 +491,6 @@ def lend_connections(db: DBThread) -> dict[str, Any]:
     uses the objects that hold the test's transactions, as the DB thread does.
     ``restore_connections`` with what this returns undoes it.
     """
-    from django.db import connections
-
     own = {}
     for alias, connection in db.connection_objects().items():
         mine = connections[alias]
@@ -505,8 +502,6 @@ def lend_connections(db: DBThread) -> dict[str, Any]:
 
 def restore_connections(own: dict[str, Any]) -> None:
     """Undo ``lend_connections``: the calling thread's own connection objects again."""
-    from django.db import connections
-
     for alias, connection in own.items():
         connections[alias] = connection
 
@@ -517,7 +512,6 @@ def _close_connections() -> None:
     # would refuse (it never closes an in-memory SQLite connection, nor rolls
     # back inside an atomic block), so that the next DB thread finds no lock.
     from django.conf import settings
-    from django.db import connections
 
     if not settings.configured:
         return  # settings never read (none were named): nothing was connected

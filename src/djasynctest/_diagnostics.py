@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any, TypeVar
 
 import asgiref
@@ -350,11 +350,12 @@ def warn_at(function: Any, module: str, message: str, category: type[Warning]) -
 
 # --- Leaks ------------------------------------------------------------------------
 
-# Where each task made during the current test was made, by id(task). A plain
-# dict, emptied when each test starts (forget_task_sites): the leak report only
-# asks about tasks still alive, whose id is theirs alone; a weak-keyed one costs
-# a weakref per task.
-_creation_sites: dict[int, Site] = {}
+# Where each task made during the current test was made, by id(task): its maker's
+# code, line and (with task_creation_stacks) stack, made a Site only for a report.
+# A plain dict, emptied when each test starts (forget_task_sites): the leak report
+# only asks about tasks still alive, whose id is theirs alone; a weak-keyed one
+# costs a weakref per task.
+_creation_sites: dict[int, tuple[CodeType, int, str | None]] = {}
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
 _STDLIB = tuple(
@@ -398,6 +399,15 @@ def forget_task_sites() -> None:
     _creation_sites.clear()
 
 
+def creation_site(task: asyncio.Task[Any]) -> Site | None:
+    """Where ``task`` was made, if the test's loop made it."""
+    made = _creation_sites.get(id(task))
+    if made is None:
+        return None
+    code, lineno, stack = made
+    return Site(code.co_filename, lineno, code.co_name, stack)
+
+
 def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -> None:
     """Remember where each task of ``loop`` is made, for the leak report (once per loop).
 
@@ -419,11 +429,9 @@ def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -
         while frame is not None and frame.f_code.co_filename.startswith(_ASYNCIO):
             frame = frame.f_back
         if frame is not None:
-            code = frame.f_code
-            _creation_sites[id(task)] = Site(
-                code.co_filename,
+            _creation_sites[id(task)] = (
+                frame.f_code,
                 frame.f_lineno,
-                code.co_name,
                 user_stack(caller) if full_stacks else None,
             )
         return task  # type: ignore[no-any-return]
@@ -435,13 +443,14 @@ def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -
 
 def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
     """Threads started since ``before`` that are still running after a short grace."""
+    current = threading.enumerate()
+    if len(current) <= len(before) and before.issuperset(current):
+        return set()  # nothing started (the usual case, quickly)
     # The loop's default executor (shut down with the loop), ours, and those of
     # Django's connection pools.
     kept = (*_OWN_THREADS, *_connection_pool_threads())
     started = {
-        thread
-        for thread in threading.enumerate()
-        if thread not in before and not thread.name.startswith(kept)
+        thread for thread in current if thread not in before and not thread.name.startswith(kept)
     } - process_wide_threads()
     if started:
         _join(started)
@@ -533,7 +542,6 @@ class Leaks:
         self.full_stacks = full_stacks
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_outlives_test = False
-        self.tasks_before: set[asyncio.Task[Any]] = set()
         self.threads_before = set(threading.enumerate()) if "threads" in checks else set()
         if "connections" in checks:
             watch_connections()
@@ -543,7 +551,6 @@ class Leaks:
         self.loop = loop
         self.loop_outlives_test = outlives_test
         if "tasks" in self.checks:
-            self.tasks_before = asyncio.all_tasks(loop)
             forget_task_sites()
             track_task_creation(loop, full_stacks=self.full_stacks)
 
@@ -552,11 +559,17 @@ class Leaks:
         tasks = (
             {
                 task
-                for task in asyncio.all_tasks(self.loop) - self.tasks_before
+                for task in asyncio.all_tasks(self.loop)
+                # Every task of a loop of the test's own is the test's; of a loop
+                # that outlives it, those it made (with create_task/ensure_future),
+                # but not a package's (see above).
+                if (
+                    not self.loop_outlives_test
+                    or (id(task) in _creation_sites and not _made_by_a_package(task))
+                )
                 # asyncio's own aclose() of an unfinished async generator; closing
                 # the loop finishes it.
-                if type(task.get_coro()).__name__ != "async_generator_athrow"
-                and not (self.loop_outlives_test and _made_by_a_package(task))
+                and type(task.get_coro()).__name__ != "async_generator_athrow"
             }
             if "tasks" in self.checks and self.loop is not None
             else set()
@@ -567,8 +580,8 @@ class Leaks:
 
 
 def _made_by_a_package(task: asyncio.Task[Any]) -> bool:
-    site = _creation_sites.get(id(task))
-    return site is not None and package_of(site.filename) not in (None, "djasynctest")
+    made = _creation_sites.get(id(task))
+    return made is not None and package_of(made[0].co_filename) not in (None, "djasynctest")
 
 
 def task_name(task: asyncio.Task[Any]) -> str:
@@ -591,7 +604,7 @@ def leaks_report(
 ) -> str | None:
     parts = []
     for task in tasks:
-        site = _creation_sites.get(id(task))
+        site = creation_site(task)
         made = "  (not made on the test's loop)\n" if site is None else str(site)
         parts.append(f"task {task_name(task)} ({task.get_coro()!r}) is still pending\n{made}")
     parts += [f"thread {thread.name!r} is still running\n" for thread in threads]
