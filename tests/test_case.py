@@ -156,8 +156,8 @@ def test_async_set_up_class_is_a_type_error() -> None:
     assert str(info.value) == (
         "tests.test_case.test_async_set_up_class_is_a_type_error.<locals>.AsyncClassSetUp."
         "setUpClass is async, but unittest calls "
-        "setUpClass synchronously: make it a plain classmethod (it runs on the DB "
-        "thread, so the sync ORM works there)."
+        "setUpClass synchronously: make it a plain classmethod (the sync ORM works "
+        "there, in the class's transaction)."
     )
 
 

@@ -118,8 +118,8 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
     if inspect.iscoroutinefunction(func):
         msg = (
             f"{cls.__module__}.{cls.__qualname__}.{name} is async, but unittest calls "
-            f"{name} synchronously: make it a plain classmethod (it runs on the DB "
-            f"thread, so the sync ORM works there)."
+            f"{name} synchronously: make it a plain classmethod (the sync ORM works "
+            f"there, in the class's transaction)."
         )
         raise TypeError(msg)
     if not isinstance(attr, classmethod) or getattr(func, "_djat_db_thread", False):

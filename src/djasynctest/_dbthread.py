@@ -1,11 +1,14 @@
-"""The DB thread: one worker thread that owns the database connections.
+"""The DB thread: one worker thread for the database work of async code.
 
 Django keeps one connection per alias *per thread*. A test's transactions
-(the class atomic, the per-test atomic) live on the connections of the thread
-that opened them, so every piece of database work of a test must run on that
-same thread. This module provides that thread as a ``concurrent.futures``
-executor, so that both plain code (``call``) and asyncio
-(``loop.run_in_executor`` / asgiref's thread-sensitive routing) can use it.
+(the class atomic, the per-test atomic) live on the connection objects that
+opened them, so every piece of database work of a test must use those same
+objects. They are this thread's: async code's thread-sensitive calls run here
+(``loop.run_in_executor`` / asgiref's thread-sensitive routing), and other
+threads borrow the objects (``lend_connections``) while this one is idle
+(``idle``), never at the same time. This module provides the thread as a
+``concurrent.futures`` executor, so that both plain code (``call``) and
+asyncio can use it.
 
 It knows nothing about tests.
 """
