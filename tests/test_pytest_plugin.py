@@ -148,6 +148,50 @@ def test_sync_and_async_fixtures_run_in_the_test_transaction(project: pytest.Pyt
     run(project).assert_outcomes(passed=3)
 
 
+def test_sync_code_of_an_async_database_test_runs_on_the_main_thread(
+    project: pytest.Pytester,
+) -> None:
+    """As pytest runs it, in the test's transaction; with a timeout, on the DB thread, which
+    the test's thread can give up on."""
+    project.makepyfile(
+        test_threads="""
+        import threading
+        import pytest
+        from tests.testapp.models import Item
+
+
+        @pytest.fixture
+        async def pen(db):
+            return await Item.objects.acreate(name="pen")
+
+
+        @pytest.fixture
+        def paper(pen):
+            yield (threading.current_thread().name, Item.objects.create(name="paper"))
+            assert Item.objects.count() == 3  # the test's row too
+
+
+        def test_in_place(paper):
+            where, _ = paper
+            assert (where, threading.current_thread().name) == ("MainThread", "MainThread")
+            Item.objects.create(name="ink")
+
+
+        @pytest.mark.djasynctest(timeout=60)
+        def test_with_a_timeout(paper):
+            where, _ = paper
+            assert (where, threading.current_thread().name) == ("djasynctest-db",) * 2
+            Item.objects.create(name="ink")
+
+
+        @pytest.mark.django_db
+        async def test_rows_of_the_tests_before_are_gone():
+            assert await Item.objects.acount() == 0
+        """
+    )
+    run(project).assert_outcomes(passed=3)
+
+
 def test_transactional_database(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_transactional="""

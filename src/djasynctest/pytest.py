@@ -57,7 +57,14 @@ from djasynctest._asyncbackend import (
 from djasynctest._asyncbackend import bridge as bridge_async_backend
 from djasynctest._asyncbackend import unbridge as unbridge_async_backend
 from djasynctest._conf import Options, _check, _close_option, options, settings_configured
-from djasynctest._dbthread import DBThread, db_thread, outcome, running_db_thread
+from djasynctest._dbthread import (
+    DBThread,
+    db_thread,
+    lend_connections,
+    outcome,
+    restore_connections,
+    running_db_thread,
+)
 from djasynctest._dbtools import (
     ConnectionState,
     OnDBThread,
@@ -269,9 +276,12 @@ def _is_async(func: Any) -> bool:
 class _Test:
     """What the plugin does for one test item (M)."""
 
-    def __init__(self, *, uses_db: bool, runs: str | None) -> None:
-        self.uses_db = uses_db  # async-DB: its database goes to D
+    def __init__(self, *, uses_db: bool, runs: str | None, in_place: bool) -> None:
+        self.uses_db = uses_db  # async-DB: its database is on D's connection objects
         self.runs = runs  # "loop": its async test runs on our loop; "db": its sync test on D
+        # Its sync code (pytest-django's database fixture, sync fixtures and test) runs
+        # here, as pytest runs it, on D's connection objects; with a timeout, on D.
+        self.in_place = in_place
         self.db: DBThread | None = None  # while its database is set up
         self.run: Run | None = None  # its runs on its loop, once set up
         # The django-async-backend wrappers that connected in its transactional test,
@@ -323,10 +333,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         (async_test or async_fixtures)
         and ("_django_db_helper" in item.fixturenames or item.get_closest_marker("django_db"))
     )
+    in_place = _options(item).timeout is None
     runs = None
     if async_test and not claimed_test:
         runs = "loop"
-    elif uses_db and not async_test:
+    elif uses_db and not async_test and not in_place:
         runs = "db"
     needs_loop = runs == "loop" or any(
         d.scope == "function" and not _claimed_by_pytest_asyncio(config, d.func)
@@ -334,7 +345,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     )
     if not (uses_db or needs_loop):
         return
-    item.stash[_TEST] = _Test(uses_db=uses_db, runs=runs)
+    item.stash[_TEST] = _Test(uses_db=uses_db, runs=runs, in_place=in_place)
     if needs_loop and _FUNCTION_LOOP not in item.fixturenames:
         # First of the function fixtures: its timeout covers them all, and it
         # closes (reporting leaks) after their teardown.
@@ -368,7 +379,11 @@ def _is_pytest_asyncio_test(item: pytest.Function) -> bool:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     __tracebackhide__ = True
     test = pyfuncitem.stash.get(_TEST, None)
-    if test is None or test.runs is None:
+    if test is None:
+        return None
+    if test.runs is None:
+        if test.in_place and test.db is not None:
+            test.db.idle()  # then pytest calls the sync test here
         return None
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     if test.runs == "loop":
@@ -446,13 +461,16 @@ def _builder(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest)
         getattr(func, "__func__", func), "_force_asyncio_fixture", False
     ):
         return None
+    if test.in_place:
+        return functools.partial(_sync_in_place, db)
     return functools.partial(_sync_on_db_thread, test, db)
 
 
 def _database_on_db_thread(
     test: _Test, helper: Callable[..., Generator[None]], name: str, request: pytest.FixtureRequest
 ) -> Callable[..., Generator[None]]:
-    """pytest-django's per-test database (``_django_db_helper``), on D."""
+    """pytest-django's per-test database (``_django_db_helper``), on D's connection objects:
+    here, where pytest runs it (with a timeout, on D)."""
 
     def database(**kwargs: Any) -> Generator[None]:
         __tracebackhide__ = True
@@ -466,9 +484,15 @@ def _database_on_db_thread(
             if unpin is not None:
                 request.addfinalizer(unpin)
         steps = helper(**kwargs)
-        test.wait(db.submit(_first_database_step, steps, connection_state()))
         # Undone in reverse, each step even when one before it fails.
         with contextlib.ExitStack() as undo:
+            if test.in_place:
+                state = connection_state()  # M's own
+                undo.callback(restore_connections, lend_connections(db))
+                db.idle()
+                _first_database_step(steps, state)
+            else:
+                test.wait(db.submit(_first_database_step, steps, connection_state()))
             undo.callback(_last_database_step, test, db, steps, name)
             # M: from here on, thread-sensitive calls made in this context, and in
             # the copies that every fixture's and the test's coroutine runs in, go to D.
@@ -544,6 +568,14 @@ def _close_async_backend(test: _Test, loop: asyncio.AbstractEventLoop | None = N
 
 def _last_database_step(test: _Test, db: DBThread, steps: Generator[None], name: str) -> None:
     __tracebackhide__ = True
+    if test.in_place:
+        try:
+            db.idle()
+        except BaseException:
+            _close(steps)  # pytest-django's database blocker must still be restored
+            raise
+        _rest(steps, name)
+        return
     try:
         test.wait(db.submit(_rest, steps, name))
     except BaseException:
@@ -555,8 +587,8 @@ def _last_database_step(test: _Test, db: DBThread, steps: Generator[None], name:
 
 
 def _first_database_step(steps: Generator[None], state: ConnectionState) -> None:
-    # D: what pytest-django's setup_databases left on M's connections (the
-    # serialized_rollback snapshot), which Django reads on D's.
+    # D's connection objects (on D, or on M in place): what pytest-django's setup_databases
+    # left on M's own (the serialized_rollback snapshot), which Django reads on these.
     give_connection_state(state)
     next(steps)
 
@@ -575,6 +607,31 @@ def _djasynctest_connections(django_db_setup: None) -> Iterator[None]:
         from django.db import connections
 
         db.call(connections.close_all)
+
+
+def _sync_in_place(
+    db: DBThread, func: Callable[..., Any], name: str, request: pytest.FixtureRequest
+) -> Callable[..., Any]:
+    """A sync fixture of an async-DB test, here, on D's connection objects, once D is
+    idle (each step of a generator fixture)."""
+    if not inspect.isgeneratorfunction(func):
+
+        def fixture(**kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            db.idle()
+            return func(**kwargs)
+
+        return fixture
+
+    def steps(**kwargs: Any) -> Generator[Any]:
+        __tracebackhide__ = True
+        gen = func(**kwargs)  # runs none of its code
+        db.idle()
+        yield _first(gen, name)
+        db.idle()
+        _rest(gen, name)
+
+    return steps
 
 
 def _sync_on_db_thread(
