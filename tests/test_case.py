@@ -11,6 +11,7 @@ import threading
 import unittest
 from typing import Any
 
+import django.db
 import django.test
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
@@ -336,6 +337,46 @@ def test_sync_code_after_a_cancelled_orm_call_waits_for_it_to_finish() -> None:
 
     assert_passed(run_case(Cancelled), 1)
     assert counts == [200]
+    assert leftover_rows() == {"items": [], "orders": 0}
+
+
+def test_the_shared_connections_keep_djangos_thread_checks() -> None:
+    """The DB thread's connection objects, lent to the test's thread, may be used there and
+    on the DB thread, and on no other thread; their thread-sharing count stays the user's
+    (as Django's own backends.tests.ThreadTests check, swapped)."""
+    errors: list[Exception] = []
+
+    class Threads(AsyncTestCase):
+        def test_1_sharing_count(self) -> None:
+            connection = connections["default"]
+            self.assertIs(connection.allow_thread_sharing, False)
+            connection.inc_thread_sharing()
+            connection.dec_thread_sharing()
+            with self.assertRaisesMessage(RuntimeError, "below zero"):
+                connection.dec_thread_sharing()
+
+        def test_2_another_thread_cannot_use_it(self) -> None:
+            connection = connections["default"]
+
+            def use() -> None:
+                try:
+                    connection.cursor()
+                except Exception as exc:
+                    errors.append(exc)
+
+            other = threading.Thread(target=use)
+            other.start()
+            other.join(10)
+            Item.objects.create(name="sync")
+
+        async def test_3_both_threads_still_can(self) -> None:
+            await Item.objects.acreate(name="async")
+            self.assertEqual(await Item.objects.acount(), 1)
+
+    assert_passed(run_case(Threads), 3)
+    [error] = errors
+    assert isinstance(error, django.db.DatabaseError)
+    assert "can only be used in that same thread" in str(error)
     assert leftover_rows() == {"items": [], "orders": 0}
 
 

@@ -77,7 +77,7 @@ from djasynctest._conf import (
     check_class,
     options,
 )
-from djasynctest._dbthread import db_thread, lend_connections, outcome, restore_connections
+from djasynctest._dbthread import db_thread, lend_connections, outcome
 from djasynctest._dbtools import (
     AsyncModifySettings,
     AsyncOverrideSettings,
@@ -170,7 +170,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_pre_setup = None
         # Sync code runs here, on M, with D's connection objects (see _setupAsyncioRunner).
         self._djat_in_place = False
-        self._djat_own_connections: dict[str, Any] | None = None
+        self._djat_give_back: Callable[[], None] | None = None  # D's connection objects
         self._djat_in_sync_code = False  # M runs a sync hook, test or cleanup in place
         self._djat_set_up_in_place = False
         self._djat_routing = None
@@ -271,7 +271,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             # With a timeout, it runs on D, which M can then give up on.
             self._djat_in_place = True
             if not lends_connections(cls):  # a test run outside its class's set-up
-                self._djat_own_connections = lend_connections(db)
+                self._djat_give_back = lend_connections(db)
         if not _is_skipped(self):
             pending = take_next_pre_setup(cls)
             if pending is None and self._djat_in_place:
@@ -459,9 +459,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if not self._djat_left_behind() and self._djat_routing is not None:
                 self._asyncioTestContext.run(exit_routing, self._djat_routing)
         finally:
-            loop, own = self._djat_loop, self._djat_own_connections
-            if own is not None:
-                restore_connections(own)
+            loop, give_back = self._djat_loop, self._djat_give_back
+            if give_back is not None:
+                give_back()
             self._djat_reset()
             self._asyncioRunner = None
             if loop is not None and loop.scope == "test":

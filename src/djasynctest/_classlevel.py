@@ -42,7 +42,6 @@ from djasynctest._dbthread import (
     db_thread,
     lend_connections,
     outcome,
-    restore_connections,
     running_db_thread,
 )
 from djasynctest._dbtools import (
@@ -199,7 +198,7 @@ def _set_up_class(
     set_up = _rolled_back_on_failure(_with_runner_state(func), klass)  # reads M's own
     if opts.timeout is None:
         # Sync class hooks run here, on D's connection objects, until the class is done.
-        klass._djat_own_connections = lend_connections(db)
+        klass._djat_give_back = lend_connections(db)
     context = klass._djat_context = contextvars.copy_context()
     # Thread-sensitive calls made in the class's context, and in its tests'
     # (copies of it), go to D, until the class is done; a test that runs async
@@ -319,7 +318,7 @@ def _as_class_hook(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 def lends_connections(klass: Any) -> bool:
     """Whether M has D's connection objects for ``klass`` (set up in place, until it is
     done): its tests need not borrow them each."""
-    return "_djat_own_connections" in klass.__dict__
+    return "_djat_give_back" in klass.__dict__
 
 
 def _on_its_thread(db: DBThread, klass: Any, func: Callable[..., T], /, *args: Any) -> T:
@@ -633,10 +632,10 @@ def _class_done(klass: Any) -> None:
         _close_class_loop(klass)
     finally:
         _forget_class_context(klass)
-        own = klass.__dict__.get("_djat_own_connections")
-        if own is not None:
-            del klass._djat_own_connections
-            restore_connections(own)
+        give_back = klass.__dict__.get("_djat_give_back")
+        if give_back is not None:
+            del klass._djat_give_back
+            give_back()
         unpin = klass.__dict__.get("_djat_unpin")
         if unpin is not None:
             del klass._djat_unpin

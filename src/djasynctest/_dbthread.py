@@ -112,6 +112,8 @@ class DBThread(Executor):
         self._queued = 0  # jobs queued (under _lock), and finished (by this thread): see idle()
         self._finished = 0
         self._objects: dict[str, Any] | None = None  # see connection_objects()
+        # The threads that use them now: the ones that borrowed them (lend_connections).
+        self.borrowers: set[int] = set()
         self._host: Hosted[Any] | None = None  # the job running now, if its caller serves it
         self.interrupted = False  # stopped because the run was interrupted (Ctrl-C)
         self.abandoned_by: str | None = None  # the test whose stuck code it was left in
@@ -148,13 +150,16 @@ class DBThread(Executor):
     def connection_objects(self) -> dict[str, Any]:
         """This thread's connection object of each database alias (made on first use).
 
-        They hold the test transactions; sharing them with the test's thread is
-        allowed once and for all (``inc_thread_sharing``, as Django's
-        ``LiveServerThread`` does with the test's), and the two threads take turns.
+        They hold the test transactions. Django lets a connection object be used
+        on the thread that made it, or on any while its thread-sharing count is
+        up (``inc_thread_sharing``); these may be used on this thread and on the
+        threads that borrow them (``lend_connections``), which take turns, and
+        on no other: their ``validate_thread_sharing`` says so, and their count
+        stays the user's (Django's own tests of it run swapped).
         """
         objects = self._objects
         if objects is None:
-            objects = self._objects = self.call(_own_connection_objects)
+            objects = self._objects = self.call(_own_connection_objects, self.borrowers)
         return objects
 
     def owns(self, connection: Any) -> bool:
@@ -478,35 +483,55 @@ def db_thread(*, replace_stopped: bool = False) -> DBThread:
         return _current
 
 
-def _own_connection_objects() -> dict[str, Any]:
+def _own_connection_objects(borrowers: set[int]) -> dict[str, Any]:
     # D.
     objects = {alias: connections[alias] for alias in connections}
     for connection in objects.values():
-        connection.inc_thread_sharing()
+        connection.validate_thread_sharing = _shared_with(connection, borrowers)  # type: ignore[method-assign]
     return objects
 
 
-def lend_connections(db: DBThread) -> dict[str, Any]:
-    """Make the DB thread's connection objects the calling thread's; return its own.
+def _shared_with(connection: Any, borrowers: set[int]) -> Callable[[], None]:
+    """Django's ``validate_thread_sharing`` of ``connection``, which also lets the
+    ``borrowers`` use it (Django's check raises on any other thread)."""
+    validate = connection.validate_thread_sharing
+
+    def validate_thread_sharing() -> None:
+        if threading.get_ident() not in borrowers:
+            validate()
+
+    return validate_thread_sharing
+
+
+def _nothing() -> None:
+    pass
+
+
+def lend_connections(db: DBThread) -> Callable[[], None]:
+    """Make the DB thread's connection objects the calling thread's; return what undoes it.
 
     Django's ``connections`` keeps one object per alias per thread: from now on
     this thread's code (a test's sync code, Django's per-test set-up and rollback)
     uses the objects that hold the test's transactions, as the DB thread does.
-    ``restore_connections`` with what this returns undoes it.
+    Called again before that is undone (a test of a class that lent them), it
+    changes nothing, and neither does what it returns.
     """
+    objects = db.connection_objects()
+    me = threading.get_ident()
+    if me in db.borrowers:
+        return _nothing
     own = {}
-    for alias, connection in db.connection_objects().items():
-        mine = connections[alias]
-        if mine is not connection:  # lent already (for the test's class)
-            own[alias] = mine
-            connections[alias] = connection
-    return own
-
-
-def restore_connections(own: dict[str, Any]) -> None:
-    """Undo ``lend_connections``: the calling thread's own connection objects again."""
-    for alias, connection in own.items():
+    for alias, connection in objects.items():
+        own[alias] = connections[alias]
         connections[alias] = connection
+    db.borrowers.add(me)
+
+    def give_back() -> None:
+        db.borrowers.discard(me)
+        for alias, connection in own.items():
+            connections[alias] = connection
+
+    return give_back
 
 
 def _close_connections() -> None:

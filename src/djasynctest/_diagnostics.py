@@ -33,7 +33,8 @@ import threading
 import traceback
 import unittest
 import warnings
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import CodeType, FrameType
@@ -350,12 +351,12 @@ def warn_at(function: Any, module: str, message: str, category: type[Warning]) -
 
 # --- Leaks ------------------------------------------------------------------------
 
-# Where each task made during the current test was made, by id(task): its maker's
-# code, line and (with task_creation_stacks) stack, made a Site only for a report.
-# A plain dict, emptied when each test starts (forget_task_sites): the leak report
-# only asks about tasks still alive, whose id is theirs alone; a weak-keyed one
-# costs a weakref per task.
-_creation_sites: dict[int, tuple[CodeType, int, str | None]] = {}
+# The tasks made during the current test, by id(task): the task (weakly: a task
+# lives no longer for being watched), its maker's code, line and (with
+# task_creation_stacks) stack, made a Site only for a report. Emptied when each test
+# starts (forget_task_sites). The leak report reads it, not asyncio.all_tasks(),
+# which walks every task of the process.
+_creation_sites: dict[int, tuple[weakref.ref[asyncio.Task[Any]], CodeType, int, str | None]] = {}
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
 _STDLIB = tuple(
@@ -404,7 +405,7 @@ def creation_site(task: asyncio.Task[Any]) -> Site | None:
     made = _creation_sites.get(id(task))
     if made is None:
         return None
-    code, lineno, stack = made
+    _, code, lineno, stack = made
     return Site(code.co_filename, lineno, code.co_name, stack)
 
 
@@ -430,6 +431,7 @@ def track_task_creation(loop: asyncio.AbstractEventLoop, *, full_stacks: bool) -
             frame = frame.f_back
         if frame is not None:
             _creation_sites[id(task)] = (
+                weakref.ref(task),
                 frame.f_code,
                 frame.f_lineno,
                 user_stack(caller) if full_stacks else None,
@@ -559,14 +561,9 @@ class Leaks:
         tasks = (
             {
                 task
-                for task in asyncio.all_tasks(self.loop)
-                # Every task of a loop of the test's own is the test's; of a loop
-                # that outlives it, those it made (with create_task/ensure_future),
-                # but not a package's (see above).
-                if (
-                    not self.loop_outlives_test
-                    or (id(task) in _creation_sites and not _made_by_a_package(task))
-                )
+                for task in self._made_tasks()
+                # On a loop that outlives the test, not a package's (see above).
+                if not (self.loop_outlives_test and _made_by_a_package(task))
                 # asyncio's own aclose() of an unfinished async generator; closing
                 # the loop finishes it.
                 and type(task.get_coro()).__name__ != "async_generator_athrow"
@@ -578,10 +575,18 @@ class Leaks:
         connections = connections_left_open() if "connections" in self.checks else []
         return leaks_report(test, tasks, threads, connections)
 
+    def _made_tasks(self) -> Iterator[asyncio.Task[Any]]:
+        """The test's tasks still pending on its loop: those made with ``create_task``
+        (``ensure_future``, ``gather``, a ``TaskGroup``...) while it ran."""
+        for ref, *_ in list(_creation_sites.values()):
+            task = ref()
+            if task is not None and not task.done() and task.get_loop() is self.loop:
+                yield task
+
 
 def _made_by_a_package(task: asyncio.Task[Any]) -> bool:
     made = _creation_sites.get(id(task))
-    return made is not None and package_of(made[0].co_filename) not in (None, "djasynctest")
+    return made is not None and package_of(made[1].co_filename) not in (None, "djasynctest")
 
 
 def task_name(task: asyncio.Task[Any]) -> str:

@@ -62,7 +62,6 @@ from djasynctest._dbthread import (
     db_thread,
     lend_connections,
     outcome,
-    restore_connections,
     running_db_thread,
 )
 from djasynctest._dbtools import (
@@ -488,7 +487,7 @@ def _database_on_db_thread(
         with contextlib.ExitStack() as undo:
             if test.in_place:
                 state = connection_state()  # M's own
-                undo.callback(restore_connections, lend_connections(db))
+                undo.callback(lend_connections(db))
                 db.idle()
                 _first_database_step(steps, state)
             else:
