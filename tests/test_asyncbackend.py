@@ -489,7 +489,7 @@ def test_connections_opened_on_a_loop_gone_since_are_closed_all_the_same() -> No
 
     gone = asyncio.new_event_loop()
     gone.close()
-    test = _Test(uses_db=True, runs="loop")
+    test = _Test(uses_db=True, runs="loop", in_place=True)
     test.opened = [(Wrapper("first", fails=True), gone), (Wrapper("second"), gone)]
     with pytest.raises(OSError, match="already broken"):
         _close_async_backend(test)
