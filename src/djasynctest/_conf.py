@@ -55,7 +55,10 @@ class Options:
     cpu_affinity: bool
 
 
-def _check(name: str, value: Any, where: str) -> Any:
+def check_option(name: str, value: Any, where: str) -> Any:
+    """``value`` of the option ``name`` if it is one the option takes (as the option
+    keeps it); else a ``TypeError`` that names ``where`` it was set and what it takes."""
+
     def fail(expected: str) -> NoReturn:
         msg = f"{where} is {value!r}; it must be {expected}."
         raise TypeError(msg)
@@ -118,13 +121,14 @@ def check_class(cls: type) -> None:
     for name, value in vars(cls).items():
         if name in OPTIONS:
             if value is not INHERITED:
-                _check(name, value, f"{cls.__qualname__}.{name}")
-        elif not name.startswith("_") and (close := _close_option(name)):
+                check_option(name, value, f"{cls.__qualname__}.{name}")
+        elif not name.startswith("_") and (close := close_option(name)):
             msg = f"{cls.__qualname__}.{name} is not a djasynctest option; did you mean {close}?"
             raise TypeError(msg)
 
 
-def _close_option(name: str, names: Iterable[str] = OPTIONS) -> str | None:
+def close_option(name: str, names: Iterable[str] = OPTIONS) -> str | None:
+    """The one of ``names`` that ``name`` is most likely a misspelling of, if any."""
     matches = difflib.get_close_matches(name, names, n=1, cutoff=0.85)
     return matches[0] if matches else None
 
@@ -168,7 +172,8 @@ def options(cls: type) -> Options:
     for name, (key, default) in OPTIONS.items():
         value = getattr(cls, name, _UNSET)
         if value is _UNSET or value is INHERITED:
-            value = _check(name, configured.get(key, default), f"settings.DJASYNCTEST[{key!r}]")
+            where = f"settings.DJASYNCTEST[{key!r}]"
+            value = check_option(name, configured.get(key, default), where)
         values[name] = value
     return Options(**values)
 
@@ -178,7 +183,7 @@ def _did_you_mean(unknown: list[Any], keys: list[str]) -> str:
     close = {
         key: match
         for key in unknown
-        if isinstance(key, str) and (match := _close_option(key.upper(), keys))
+        if isinstance(key, str) and (match := close_option(key.upper(), keys))
     }
     if not close:
         return ""

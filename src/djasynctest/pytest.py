@@ -56,7 +56,7 @@ from djasynctest._asyncbackend import (
 )
 from djasynctest._asyncbackend import bridge as bridge_async_backend
 from djasynctest._asyncbackend import unbridge as unbridge_async_backend
-from djasynctest._conf import Options, _check, _close_option, options, settings_configured
+from djasynctest._conf import Options, check_option, close_option, options, settings_configured
 from djasynctest._dbthread import (
     DBThread,
     db_thread,
@@ -203,7 +203,7 @@ def _options(node: pytest.Item | pytest.Collector) -> Options:
             )
         for name, value in mark.kwargs.items():
             if name not in PYTEST_OPTIONS:
-                close = _close_option(name)
+                close = close_option(name)
                 hint = f"did you mean {close}? " if close in PYTEST_OPTIONS else ""
                 pytest.fail(
                     f"{node.nodeid}: {name} is not an option of @pytest.mark.djasynctest; "
@@ -222,7 +222,7 @@ def _options(node: pytest.Item | pytest.Collector) -> Options:
 def _check_given(name: str, value: Any, where: str) -> Any:
     """An option of a marker or an ini option, checked; its value as the classes take it."""
     if name != "loop_scope":
-        return _check(name, value, where)
+        return check_option(name, value, where)
     if value not in LOOP_SCOPES:
         msg = (
             f"{where} is {value!r}; it must be 'function' (a new event loop for each test), "
