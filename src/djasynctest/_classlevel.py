@@ -281,13 +281,7 @@ def _set_up_class_in_place(
     if opts.loop_scope != "test" or isinstance(
         inspect.getattr_static(klass, "setUpTestData", None), _AsyncSetUpTestData
     ):
-        loop = loop_for(
-            opts.loop_scope,
-            klass.__module__,
-            debug=opts.loop_debug,
-            loop_factory=opts.loop_factory,
-        )
-        class_loop = klass._djat_class_loop = ClassLoop(context, loop)
+        class_loop = _new_class_loop(klass, context, opts)
     try:
         db.idle()
         result = run_in(context, _as_class_hook, set_up, klass, *args, **kwargs)
@@ -343,13 +337,7 @@ def _start_class_loop(
     __tracebackhide__ = True
     try:
         if class_loop is None:
-            loop = loop_for(
-                opts.loop_scope,
-                klass.__module__,
-                debug=opts.loop_debug,
-                loop_factory=opts.loop_factory,
-            )
-            class_loop = klass._djat_class_loop = ClassLoop(context, loop)
+            class_loop = _new_class_loop(klass, context, opts)
         if _defines(klass, "asyncSetUpClass") or _defines(klass, "_djat_class_started"):
             _within_timeout(
                 class_loop.run,
@@ -378,6 +366,16 @@ async def _class_ending(klass: Any) -> None:
         await klass.asyncTearDownClass()
     finally:
         await klass._djat_class_ending()
+
+
+def _new_class_loop(klass: Any, context: contextvars.Context, opts: Any) -> ClassLoop:
+    """M: the loop of ``klass``'s scope (a new one for ``"test"``), as the class's loop."""
+    loop = loop_for(
+        opts.loop_scope, klass.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
+    )
+    class_loop: ClassLoop = ClassLoop(context, loop)
+    klass._djat_class_loop = class_loop
+    return class_loop
 
 
 class ClassLoop:
