@@ -191,8 +191,19 @@ def _from_ini(name: str, text: str) -> Any:
     return _check_given(name, value, f"The ini option djasynctest_{name}")
 
 
+_OPTIONS = pytest.StashKey[Options]()
+
+
 def _options(node: pytest.Item | pytest.Collector) -> Options:
-    """The options for ``node``: its closest marker's, then the ini's, then the settings'."""
+    """The options for ``node``: its closest marker's, then the ini's, then the settings'
+    (resolved once per node)."""
+    resolved = node.stash.get(_OPTIONS, None)
+    if resolved is None:
+        resolved = node.stash[_OPTIONS] = _resolve_options(node)
+    return resolved
+
+
+def _resolve_options(node: pytest.Item | pytest.Collector) -> Options:
     given = node.config.stash[_INI].copy()
     for mark in reversed(list(node.iter_markers("djasynctest"))):
         if mark.args:
