@@ -403,11 +403,7 @@ def test_block_while_python_imports_a_module_warns_naming_it(tmp_path: Path) -> 
 
 def test_a_librarys_own_lazy_import_is_not_reported(slowlib: Any) -> None:
     """httpx imports httpcore when the first client is made: only the machine sets its length."""
-    (Path(slowlib.__file__).parent / "backend.py").write_text("import time\n\ntime.sleep(0.3)\n")
-    Path(slowlib.__file__).write_text(
-        Path(slowlib.__file__).read_text() + "\n\ndef client():\n    from slowlib import backend\n"
-    )
-    importlib.reload(slowlib)
+    _give_slowlib_a_lazy_import(slowlib, 0.3)
 
     class MakesAClient(AsyncTestCase):
         async def test_client(self) -> None:
@@ -420,6 +416,49 @@ def test_a_librarys_own_lazy_import_is_not_reported(slowlib: Any) -> None:
             assert_passed(run_case(MakesAClient), 1)
     finally:
         sys.modules.pop("slowlib.backend", None)
+
+
+def _give_slowlib_a_lazy_import(slowlib: Any, seconds: float) -> None:
+    (Path(slowlib.__file__).parent / "backend.py").write_text(
+        f"import time\n\ntime.sleep({seconds})\n"
+    )
+    Path(slowlib.__file__).write_text(
+        Path(slowlib.__file__).read_text() + "\n\ndef client():\n    from slowlib import backend\n"
+    )
+    importlib.reload(slowlib)
+
+
+def test_a_lazy_import_that_ends_near_the_threshold_is_not_the_codes_block(slowlib: Any) -> None:
+    """httpx's first client: httpcore's import, then an SSL context, in one turn."""
+    _give_slowlib_a_lazy_import(slowlib, 0.09)
+
+    class MakesAClient(AsyncTestCase):
+        async def test_client(self) -> None:
+            slowlib.client()  # 0.09 s importing slowlib.backend,
+            time.sleep(0.03)  # then the client's own set-up: 0.12 s in all
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_passed(run_case(MakesAClient), 1)
+    finally:
+        sys.modules.pop("slowlib.backend", None)
+
+
+def test_a_block_beside_a_lazy_import_is_still_reported(slowlib: Any) -> None:
+    _give_slowlib_a_lazy_import(slowlib, 0.1)
+
+    class SleepsThenImports(AsyncTestCase):
+        async def test_client(self) -> None:
+            time.sleep(0.25)
+            slowlib.client()
+
+    try:
+        [(_, text)] = run_case(SleepsThenImports).failures
+    finally:
+        sys.modules.pop("slowlib.backend", None)
+    assert "LoopBlocked: The event loop was blocked for" in text
+    assert "in test_client\n    time.sleep(0.25)\n" in text
 
 
 def _render_report() -> None:

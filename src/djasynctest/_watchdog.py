@@ -24,11 +24,20 @@ How long a callback held the loop
 Samples
     While an iteration has run for more than half the threshold, the watchdog
     reads, at each of its turns (every ``threshold / 4``), how long the loop's
-    thread waited for a CPU in it; when the thread's own time in it reaches
-    three quarters of the threshold, and again once it passes the threshold,
-    it copies the thread's stack: the last copy shows the line that was
-    running then. The copy is all it does with the GIL held; what the stack
-    means is worked out afterwards, for the blocks only.
+    thread waited for a CPU in it; once the thread's own time in it reaches a
+    quarter of the threshold, it copies the thread's stack at each turn: the
+    last copy shows the line that was running then. The copy is all it does
+    with the GIL held; what the stack means is worked out afterwards, for the
+    blocks only.
+One-time imports
+    A copy taken while Python was loading a module is kept apart: an import
+    happens once per process (httpx loads httpcore when the first client is
+    made, from disk on a cold machine), so the block is the code's own only
+    if, leaving out the stretch that may have been importing (from the last
+    copy before the first import seen to the first copy after the last one),
+    the thread still held the loop for the threshold. Otherwise the import's
+    copy explains the block. An import that ended before the first copy
+    (a quarter of the threshold) goes unseen.
 Timers
     ``call_at(when, callback)`` runs ``callback`` on the watchdog thread at
     ``when`` on the real clock.
@@ -165,15 +174,13 @@ class LoopWatch:
         # the loop's thread had waited for a CPU by then; None: the loop is idle.
         self.busy_since: float | None = None
         self.waited_then = 0.0
-        self.sample: tuple[float, tuple[Frame, ...]] | None = None  # (busy_since, stack)
-        self.sampled = 0.0  # the loop thread's own time then, in thresholds
+        self.samples = _Samples(float("nan"))  # the iteration's copies of the stack
         self.blocks: list[tuple[float, tuple[Frame, ...] | None]] = []
 
     def start(self) -> None:
         # The loop's thread, before it runs the loop: the first iteration starts
         # when the selector first returns.
         self.busy_since = None
-        self.sample = None
         selector = self._selector
         if selector is not None:
             selector.select = self._hook(selector.select)
@@ -230,8 +237,10 @@ class LoopWatch:
             return
         held -= self.waited() - self.waited_then
         if held >= self.threshold:
-            sample = self.sample
-            self.blocks.append((held, sample[1] if sample and sample[0] == since else None))
+            samples = self.samples
+            self.blocks.append(
+                (held, samples.explain(held, self.threshold) if samples.since == since else None)
+            )
 
     def look(self, current: float) -> None:
         # The watchdog's thread, at each of its turns.
@@ -245,20 +254,49 @@ class LoopWatch:
             return
         if current - since <= self.threshold / 2:
             return
-        # Sample twice at most: once the loop's thread has held the loop for three
-        # quarters of the threshold by its own time (a block that ends before the
-        # next turn keeps that one), and once it is past the threshold.
-        sample = self.sample
-        done = self.sampled if sample is not None and sample[0] == since else 0.0
-        if done >= 1:
-            return
-        own = (current - since - (self.waited() - self.waited_then)) / self.threshold
-        if own < 0.75 or (done and own < 1):
+        own = current - since - (self.waited() - self.waited_then)
+        if own < self.threshold / 4:
             return
         stack = snapshot(sys._current_frames().get(self.thread_id))
         if self.busy_since == since:  # still the same iteration
-            self.sample = (since, stack)
-            self.sampled = own
+            if self.samples.since != since:
+                self.samples = _Samples(since)
+            self.samples.add(own, stack)
+
+
+class _Samples:
+    """The copies of the stack taken in one iteration (the watchdog's thread adds them)."""
+
+    __slots__ = ("after_import", "before_import", "imported", "plain", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.plain: tuple[Frame, ...] | None = None  # the last copy outside an import
+        self.imported: tuple[Frame, ...] | None = None  # the last copy inside one
+        # The thread's own time at the last copy before the first import seen, and
+        # at the first copy after the last one (None: the iteration ended in it).
+        self.before_import = 0.0
+        self.after_import: float | None = None
+
+    def add(self, own: float, stack: tuple[Frame, ...]) -> None:
+        if any(frame.filename.startswith("<frozen importlib") for frame in stack):
+            self.imported = stack
+            self.after_import = None
+            return
+        self.plain = stack
+        if self.imported is None:
+            self.before_import = own
+        elif self.after_import is None:
+            self.after_import = own
+
+    def explain(self, held: float, threshold: float) -> tuple[Frame, ...] | None:
+        """The copy that explains a block of ``held`` seconds of the thread's own time."""
+        if self.imported is None:
+            return self.plain
+        after = held if self.after_import is None else self.after_import
+        if self.plain is None or self.before_import + held - after < threshold:
+            return self.imported
+        return self.plain
 
 
 class Timer:
