@@ -41,11 +41,7 @@ from collections.abc import Callable, Collection, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar, cast
 
-from asgiref.sync import (
-    ThreadSensitiveContext,
-    async_to_sync,
-    iscoroutinefunction,
-)
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
@@ -77,7 +73,7 @@ from djasynctest._conf import (
     check_class,
     options,
 )
-from djasynctest._dbthread import db_thread, lend_connections, outcome
+from djasynctest._dbthread import db_thread, outcome
 from djasynctest._dbtools import (
     AsyncModifySettings,
     AsyncOverrideSettings,
@@ -86,14 +82,11 @@ from djasynctest._dbtools import (
     call_inside,
     loop_running,
 )
-from djasynctest._diagnostics import (
-    Deadline,
-    stop_db_thread_on_interrupt,
-    warn_at_test,
-)
+from djasynctest._diagnostics import stop_db_thread_on_interrupt, warn_at_test
 from djasynctest._loop import Loop, Run, loop_for
-from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
-from djasynctest._wrappers import awaited, reach_through_sync_wrappers
+from djasynctest._routing import enter_routing, exit_routing, run_in
+from djasynctest._testrun import TestRun, awaited
+from djasynctest._wrappers import reach_through_sync_wrappers
 
 __unittest = True
 
@@ -144,8 +137,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     _asyncioRunner: asyncio.Runner | None
     _asyncioTestContext: contextvars.Context
     _djat_options: Options
-    _djat_loop: Loop | None
-    _djat_run: Run | None
+    _djat_test: TestRun | None
 
     _djat_pre_setup: Future[None] | None
     _djat_routing: ThreadSensitiveContext | None
@@ -168,22 +160,14 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
     def _djat_reset(self) -> None:
         self._djat_all_sync: bool | None = None
         self._djat_pre_setup = None
-        # Sync code runs here, on M, with D's connection objects (see _setupAsyncioRunner).
-        self._djat_in_place = False
-        self._djat_give_back: Callable[[], None] | None = None  # D's connection objects
-        self._djat_in_sync_code = False  # M runs a sync hook, test or cleanup in place
         self._djat_set_up_in_place = False
         self._djat_routing = None
         self._djat_teardown_due = False
         self._djat_started = False
-        if getattr(self, "_djat_run", None) is not None:
-            self._djat_run.close()  # type: ignore[union-attr]
-        self._djat_run = None
-        self._djat_loop = None
-
-    @property
-    def _djat_deadline(self) -> Deadline | None:
-        return None if self._djat_run is None else self._djat_run.deadline
+        test = getattr(self, "_djat_test", None)
+        self._djat_test = None
+        if test is not None:
+            test.close()
 
     # --- Entry points -------------------------------------------------------
 
@@ -264,17 +248,21 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         cls = type(self)
         opts = self._djat_options = self._djat_options_now()
         db = db_thread()
-        if opts.timeout is None and not db.stopped:
-            # Sync code (Django's per-test set-up and rollback, sync hooks and tests)
-            # runs here, where Django runs it, on the connection objects of D, which
-            # hold the class's transaction: the two threads take turns (_djat_call).
-            # With a timeout, it runs on D, which M can then give up on.
-            self._djat_in_place = True
-            if not lends_connections(cls):  # a test run outside its class's set-up
-                self._djat_give_back = lend_connections(db)
+        # Sync code (Django's per-test set-up and rollback, sync hooks and tests) runs
+        # here, where Django runs it, on the connection objects of D, which hold the
+        # class's transaction: the two threads take turns (see _testrun). With a
+        # timeout, it runs on D, which M can then give up on.
+        test = self._djat_test = TestRun(
+            in_place=opts.timeout is None and not db.stopped,
+            db=db,
+            coroutine=self._djat_run_coroutine,
+        )
+        if test.in_place and not lends_connections(cls):
+            test.lend_for_the_run(db)  # a test run outside its class's set-up
+        test.run = Run(None, opts, str(self), warn=functools.partial(warn_at_test, self))
         if not _is_skipped(self):
             pending = take_next_pre_setup(cls)
-            if pending is None and self._djat_in_place:
+            if pending is None and test.in_place:
                 self._djat_set_up_in_place = True  # in _callSetUp
             elif pending is None:
                 try:
@@ -294,9 +282,6 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             # Its loop, made now (with a loop per test) while D works. A test whose code
             # is all sync gets one only if async code turns up, and no watch on it.
             self._djat_use(self._djat_test_loop())
-        self._djat_run = Run(
-            self._djat_loop, opts, str(self), warn=functools.partial(warn_at_test, self)
-        )
 
     def _djat_test_loop(self) -> Loop:
         """M: the loop the test runs on: its class's, its module's or the session's (by
@@ -313,10 +298,15 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _djat_use(self, loop: Loop) -> None:
         # M.
-        self._djat_loop = loop
         self._asyncioRunner = loop.runner
-        if self._djat_run is not None:
-            self._djat_run.attach(loop)
+        self._djat_run.attach(loop)
+
+    @property
+    def _djat_run(self) -> Run:
+        test = self._djat_test
+        assert test is not None, "the test is not set up"
+        assert test.run is not None
+        return test.run
 
     def _djat_run_pre_setup(self) -> None:
         # D.
@@ -334,7 +324,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             self._post_teardown()  # type: ignore[attr-defined]
         finally:
             check_class_transaction(self)
-        if not self._djat_in_place:
+        if not (self._djat_test is not None and self._djat_test.in_place):
             queue_next_pre_setup(self)
 
     def _djat_left_behind(self) -> bool:
@@ -356,8 +346,10 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         # M. No timeout may cut the rollback short; but after a timeout, the DB
         # thread may be stuck in the test's sync code, and is then abandoned
         # (which ends the transactions from outside).
-        db, deadline = db_thread(), self._djat_deadline
-        if self._djat_in_place:
+        db, test = db_thread(), self._djat_test
+        assert test is not None
+        deadline = test.deadline
+        if test.in_place:
             db.idle()
             run_in(self._asyncioTestContext, self._djat_post_teardown)
             return
@@ -459,10 +451,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             if not self._djat_left_behind() and self._djat_routing is not None:
                 self._asyncioTestContext.run(exit_routing, self._djat_routing)
         finally:
-            loop, give_back = self._djat_loop, self._djat_give_back
-            if give_back is not None:
-                give_back()
-            self._djat_reset()
+            test = self._djat_test
+            loop = None if test is None or test.run is None else test.run.loop
+            self._djat_reset()  # gives D's connection objects back
             self._asyncioRunner = None
             if loop is not None and loop.scope == "test":
                 loop.close()
@@ -480,49 +471,13 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         self._djat_left_behind()
         if _is_async(func):
             return self._djat_run_coroutine(func(*args, **kwargs))
-        db, deadline, context = db_thread(), self._djat_deadline, self._asyncioTestContext
-        if self._djat_in_place:
-            db.idle()
-            outer, self._djat_in_sync_code = self._djat_in_sync_code, True
-            try:
-                result = run_in(context, func, *args, **kwargs)
-            finally:
-                self._djat_in_sync_code = outer
-        elif db.is_current():
-            result = run_in(context, func, *args, **kwargs)
-        else:
-            # M serves the job while it waits: an async hook that a sync wrapper
-            # calls there runs here, on the loop (see _wrappers).
-            job = db.submit_hosted(run_in, context, func, *args, **kwargs)
-            result = outcome(job) if deadline is None else deadline.result(job)
+        test = self._djat_test
+        assert test is not None, "the test is not set up"
+        result = test.sync_in(self._asyncioTestContext, func, *args, **kwargs)
         if inspect.isawaitable(result):
             # A sync wrapper that returns the coroutine of an async function.
             return self._djat_run_coroutine(awaited(result))
         return result
-
-    def _djat_run_from_sync_code(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """In a sync hook or test that _djat_call runs: run ``coro`` on the test's loop,
-        to the end (from D, the loop's thread runs it meanwhile). Anywhere else,
-        ``coro`` is returned as it is.
-
-        The context goes to the loop and comes back, as asgiref's
-        ``async_to_sync`` takes it.
-        """
-        __tracebackhide__ = True
-        db = db_thread()
-        here = self._djat_in_sync_code and not db.is_current()
-        if not (here or db.is_current()):
-            return coro
-        context = contextvars.copy_context()
-        try:
-            if here:
-                return self._djat_run_coroutine(coro, context)
-            return db.ask_caller(functools.partial(self._djat_run_coroutine, coro, context))
-        except LookupError:
-            # Not called from a hook (by hand, from a sync test): a loop of its own.
-            return async_to_sync(awaited)(coro)
-        finally:
-            adopt(context)
 
     def _djat_run_coroutine(
         self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None = None
@@ -535,8 +490,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             # runs this for it.
             return db.ask_caller(functools.partial(self._djat_run_coroutine, coro, context))
         run = self._djat_run
-        assert run is not None, "the test is not set up"
-        if self._djat_loop is None:
+        if run.loop is None:
             self._djat_use(self._djat_test_loop())
         return run.run(coro, context or self._asyncioTestContext)
 
@@ -548,8 +502,8 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
 
     def _djat_check_leaks(self) -> None:
         # M (or D), with the loop stopped, after the user's cleanups and before the rollback.
-        if self._djat_run is not None:
-            self._djat_run.check_leaks()
+        if self._djat_test is not None and self._djat_test.run is not None:
+            self._djat_test.run.check_leaks()
 
     # --- Django's tools, on the DB thread's connections ---------------------
 
@@ -643,8 +597,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             "_asyncioRunner",
             "_djat_pre_setup",
             "_djat_routing",
-            "_djat_loop",
-            "_djat_run",
+            "_djat_test",
         ):
             state.pop(name, None)
         return state

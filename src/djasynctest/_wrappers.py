@@ -6,9 +6,9 @@ does) or calls it and drops what it returns: freezegun's class decorator
 replaces ``setUp`` and ``tearDown`` so, after the class is made; a
 ``functools.wraps`` decorator may. For those, the async function the wrapper
 calls is replaced, when the class is made, with ``callable_from_sync_code`` of
-it: called as usual, it returns its coroutine; called from sync code on the
-DB thread, where the mixin runs the wrapper, it has the test's thread run the
-coroutine on the test's loop to the end (``_case``: ``_djat_run_from_sync_code``).
+it: called as usual, it returns its coroutine; called from the test's sync code
+(``TestRun.sync``), where the mixin runs the wrapper, it runs the coroutine on
+the test's loop to the end (``_testrun.from_sync_code``).
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from djasynctest._dbthread import running_db_thread
 from djasynctest._dbtools import loop_running
+from djasynctest._testrun import from_sync_code
 
 __unittest = True
 
 # The hooks that sync decorators wrap after the class is made.
 _WRAPPED_HOOKS = ("setUp", "tearDown", "asyncSetUp", "asyncTearDown")
-
-
-async def awaited(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def reach_through_sync_wrappers(cls: type) -> None:
@@ -50,11 +46,9 @@ def callable_from_sync_code(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def hook(*args: Any, **kwargs: Any) -> Any:
         coro = func(*args, **kwargs)
-        if running_db_thread() is None or loop_running():
+        if loop_running():
             return coro
-        # hypothesis passes every argument by name, the test case too.
-        case = args[0] if args else kwargs["self"]
-        return case._djat_run_from_sync_code(coro)
+        return from_sync_code(coro)
 
     hook._djat_from_sync = True  # type: ignore[attr-defined]
     return markcoroutinefunction(hook)

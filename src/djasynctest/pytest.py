@@ -39,7 +39,6 @@ import inspect
 import unittest
 import warnings
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pytest
@@ -61,7 +60,6 @@ from djasynctest._dbthread import (
     DBThread,
     db_thread,
     lend_connections,
-    outcome,
     running_db_thread,
 )
 from djasynctest._dbtools import (
@@ -86,9 +84,9 @@ from djasynctest._routing import (
     enter_routing,
     exit_routing,
     route_loop,
-    run_in,
     unroute_loop,
 )
+from djasynctest._testrun import TestRun
 
 __unittest = True
 
@@ -283,47 +281,19 @@ def _is_async(func: Any) -> bool:
 # --- Items -------------------------------------------------------------------------
 
 
-class _Test:
-    """What the plugin does for one test item (M)."""
+class _Test(TestRun):
+    """What the plugin does for one test item (M); its sync code: ``TestRun.sync``."""
 
     def __init__(self, *, uses_db: bool, runs: str | None, in_place: bool) -> None:
-        self.uses_db = uses_db  # async-DB: its database is on D's connection objects
-        self.runs = runs  # "loop": its async test runs on our loop; "db": its sync test on D
         # Its sync code (pytest-django's database fixture, sync fixtures and test) runs
         # here, as pytest runs it, on D's connection objects; with a timeout, on D.
-        self.in_place = in_place
-        self.db: DBThread | None = None  # while its database is set up
-        self.run: Run | None = None  # its runs on its loop, once set up
+        # ``db`` is set while its database is, ``run`` once it has a loop.
+        super().__init__(in_place=in_place)
+        self.uses_db = uses_db  # async-DB: its database is on D's connection objects
+        self.runs = runs  # "loop": its async test runs on our loop; "db": its sync test on D
         # The django-async-backend wrappers that connected in its transactional test,
         # each with its loop (see _asyncbackend.watch_opened).
         self.opened: list[Any] | None = None
-
-    def wait(self, job: Future[T]) -> T:
-        """M: the outcome of a job of this test on D, within the test's timeout."""
-        __tracebackhide__ = True
-        deadline = None if self.run is None else self.run.deadline
-        return outcome(job) if deadline is None else deadline.result(job)
-
-    def on_db(
-        self, db: DBThread, func: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> tuple[T, contextvars.Context]:
-        """M: ``func`` on D, in a copy of the current context (returned, as it ended)."""
-        __tracebackhide__ = True
-        context = contextvars.copy_context()
-        if db.is_current():
-            return run_in(context, func, *args, **kwargs), context
-        # M serves the job while it waits: a coroutine that the sync code has
-        # run (request.getfixturevalue of an async fixture) runs here, on its loop.
-        return self.wait(db.submit_hosted(run_in, context, func, *args, **kwargs)), context
-
-    def fixture_on_db(
-        self, db: DBThread, func: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> T:
-        """M: a fixture's code on D; what it sets in its context is seen here, as on M."""
-        __tracebackhide__ = True
-        result, context = self.on_db(db, func, *args, **kwargs)
-        adopt(context)
-        return result
 
 
 _TEST = pytest.StashKey[_Test]()
@@ -392,8 +362,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if test is None:
         return None
     if test.runs is None:
-        if test.in_place and test.db is not None:
-            test.db.idle()  # then pytest calls the sync test here
+        test.idle()  # then pytest calls the sync test here
         return None
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     if test.runs == "loop":
@@ -403,7 +372,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return True
     if test.db is None:
         return None
-    test.on_db(test.db, pyfuncitem.obj, **args)
+    test.sync(pyfuncitem.obj, **args)
     return True
 
 
@@ -471,9 +440,7 @@ def _builder(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest)
         getattr(func, "__func__", func), "_force_asyncio_fixture", False
     ):
         return None
-    if test.in_place:
-        return functools.partial(_sync_in_place, db)
-    return functools.partial(_sync_on_db_thread, test, db)
+    return functools.partial(_sync_fixture, test)
 
 
 def _database_on_db_thread(
@@ -619,43 +586,19 @@ def _djasynctest_connections(django_db_setup: None) -> Iterator[None]:
         db.call(connections.close_all)
 
 
-def _sync_in_place(
-    db: DBThread, func: Callable[..., Any], name: str, request: pytest.FixtureRequest
+def _sync_fixture(
+    test: _Test, func: Callable[..., Any], name: str, request: pytest.FixtureRequest
 ) -> Callable[..., Any]:
-    """A sync fixture of an async-DB test, here, on D's connection objects, once D is
-    idle (each step of a generator fixture)."""
+    """A sync fixture of an async-DB test, as the test's sync code (each step of a
+    generator fixture)."""
     if not inspect.isgeneratorfunction(func):
-
-        def fixture(**kwargs: Any) -> Any:
-            __tracebackhide__ = True
-            db.idle()
-            return func(**kwargs)
-
-        return fixture
+        return functools.partial(test.sync, func)
 
     def steps(**kwargs: Any) -> Generator[Any]:
         __tracebackhide__ = True
         gen = func(**kwargs)  # runs none of its code
-        db.idle()
-        yield _first(gen, name)
-        db.idle()
-        _rest(gen, name)
-
-    return steps
-
-
-def _sync_on_db_thread(
-    test: _Test, db: DBThread, func: Callable[..., Any], name: str, request: pytest.FixtureRequest
-) -> Callable[..., Any]:
-    """A sync fixture of an async-DB test, on D (each step of a generator fixture)."""
-    if not inspect.isgeneratorfunction(func):
-        return functools.partial(test.fixture_on_db, db, func)
-
-    def steps(**kwargs: Any) -> Generator[Any]:
-        __tracebackhide__ = True
-        gen = func(**kwargs)  # runs none of its code
-        yield test.fixture_on_db(db, _first, gen, name)
-        test.fixture_on_db(db, _rest, gen, name)
+        yield test.sync(_first, gen, name)
+        test.sync(_rest, gen, name)
 
     return steps
 
