@@ -204,7 +204,7 @@ def test_compare_reports_a_self_timed_test_that_fails_swapped_without_counting_i
         "  as published:          2 passed of 2\n"
         "  with djasynctest's:    1 passed of 2\n"
         "  allowed to differ:     0\n"
-        "  not counted: test_b (app.A.test_b): FAIL, as it times itself: must take less "
+        "  not counted: test_b (app.A.test_b): FAIL, as the machine decides: must take less "
         "than a second\n"
     )
 

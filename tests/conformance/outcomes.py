@@ -166,8 +166,9 @@ def compare(
     """Print how the swapped run compares; whether every test that passes as published
     passes swapped (but for ``allow``), and no entry of ``allow`` is stale.
 
-    A test of ``self_timed`` times its own code: when it does not pass swapped, that is
-    said, with why, and not counted (the load of the machine decides it)."""
+    A test of ``self_timed`` passes or not as the machine goes (it times its own code, or
+    blocks its loop for about the blocking threshold): when it does not pass swapped, that
+    is said, with why, and not counted."""
     self_timed = self_timed or {}
     not_passing = {test for test, outcome in plain.items() if outcome != "ok"}
     passing = len(plain) - len(not_passing)
@@ -183,7 +184,7 @@ def compare(
     print(f"  with djasynctest's:    {swapped_ok} passed of {len(swapped)}")
     print(f"  allowed to differ:     {len(allow)}")
     for test in slow:
-        print(f"  not counted: {test}: {swapped[test]}, as it times itself: {self_timed[test]}")
+        print(f"  not counted: {test}: {swapped[test]}, as the machine decides: {self_timed[test]}")
     for test in unread:
         print(f"  BROKEN: {test}: its outcome could not be read as published")
     for test in failed:
