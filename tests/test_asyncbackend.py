@@ -472,7 +472,8 @@ def test_connections_opened_on_a_loop_gone_since_are_closed_all_the_same() -> No
     async_to_sync, on a loop that is gone at the test's end: it is closed on a loop made
     for it (the test database could not be dropped at the end of the run otherwise), and
     one that fails to close does not keep the others open."""
-    from djasynctest.pytest import _close_async_backend, _Test
+    from djasynctest._plugin_django import close_async_backend
+    from djasynctest._plugin_item import ItemRun
 
     closed: list[str] = []
 
@@ -489,10 +490,10 @@ def test_connections_opened_on_a_loop_gone_since_are_closed_all_the_same() -> No
 
     gone = asyncio.new_event_loop()
     gone.close()
-    test = _Test(uses_db=True, runs="loop", in_place=True)
+    test = ItemRun(uses_db=True, runs="loop", in_place=True)
     test.opened = [(Wrapper("first", fails=True), gone), (Wrapper("second"), gone)]
     with pytest.raises(OSError, match="already broken"):
-        _close_async_backend(test)
+        close_async_backend(test)
     assert closed == ["first", "second"]
     assert test.opened == []
 

@@ -271,7 +271,7 @@ def test_asyncio_runner_run_as_run_on_mirrors_it() -> None:
 
 
 def test_pytest_django_chooses_its_test_case_as_the_plugin_reads_it() -> None:
-    """pytest._bridge_async_backend reads pytest-django's choice of TestCase or
+    """_plugin_django._bridge_async_backend reads pytest-django's choice of TestCase or
     TransactionTestCase for a test the way _django_db_helper makes it."""
     import pytest
     from pytest_django import fixtures
