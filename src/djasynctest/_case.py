@@ -57,6 +57,8 @@ from djasynctest._classlevel import (
     check_bases,
     check_class_transaction,
     class_context,
+    class_loop,
+    class_options,
     default_hook,
     lends_connections,
     make_async_set_up_test_data_callable,
@@ -71,7 +73,6 @@ from djasynctest._conf import (
     LoopScope,
     Options,
     check_class,
-    options,
 )
 from djasynctest._dbthread import db_thread, outcome
 from djasynctest._dbtools import (
@@ -184,7 +185,7 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
             raise
 
     def _djat_options_now(self) -> Options:
-        return type(self).__dict__.get("_djat_options") or options(type(self))
+        return class_options(type(self))
 
     def _djat_is_all_sync(self) -> bool:
         """Whether the test method and its per-test hooks are all plain functions (the
@@ -288,9 +289,9 @@ class AsyncTestMixin(unittest.IsolatedAsyncioTestCase):
         its ``loop_scope``), or a loop of its own (also for a test run outside its class's
         set-up, which shares no class loop)."""
         cls, opts = type(self), self._djat_options
-        class_loop = cls.__dict__.get("_djat_class_loop")
-        if class_loop is not None:
-            return class_loop.loop  # type: ignore[no-any-return]
+        loop = class_loop(cls)
+        if loop is not None:
+            return loop.loop
         scope = opts.loop_scope if opts.loop_scope in ("module", "session") else "test"
         return loop_for(
             scope, cls.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory

@@ -11,11 +11,12 @@ can then give up on. An ``async def setUpTestData`` runs on the class's loop
 on M (in place), or on a loop M runs while D sets the class up (with a
 timeout), its ORM calls on D either way.
 
-Each class has a ``contextvars.Context`` of its own, made from M's when the
-class is set up: its class-level hooks run in it, on whichever thread, so that
-what they set (``translation.activate``, ``cls.enterClassContext(...)``, any
-context variable) is there for its tests, each of which runs in a copy of it,
-and gone for the next class.
+What the library keeps for a class, from its ``setUpClass`` to its last hook,
+is one ``ClassState`` (``state_of``). Each class has a ``contextvars.Context``
+of its own, made from M's when the class is set up: its class-level hooks run
+in it, on whichever thread, so that what they set (``translation.activate``,
+``cls.enterClassContext(...)``, any context variable) is there for its tests,
+each of which runs in a copy of it, and gone for the next class.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 from django.db import connections, transaction
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
@@ -36,7 +37,7 @@ from djasynctest._affinity import pin_together
 from djasynctest._asyncbackend import bridge as bridge_async_backend
 from djasynctest._asyncbackend import uses_async_backend
 from djasynctest._bootstrap import ensure_test_databases
-from djasynctest._conf import options
+from djasynctest._conf import Options, options
 from djasynctest._dbthread import (
     DBThread,
     db_thread,
@@ -57,6 +58,57 @@ from djasynctest._routing import adopt, enter_routing, exit_routing, run_in
 __unittest = True
 
 T = TypeVar("T")
+
+
+class ClassState:
+    """What the library keeps for a test class from its ``setUpClass`` to its last hook
+    (``doClassCleanups``, which unittest and pytest call after a failed ``setUpClass``
+    too), in the class's own ``__dict__``: a subclass has its own."""
+
+    __slots__ = (
+        "cleaned_up",
+        "context",
+        "give_back",
+        "loop",
+        "lost",
+        "next_pre_setup",
+        "options",
+        "routing",
+        "set_up",
+        "unpin",
+    )
+
+    def __init__(self, opts: Options) -> None:
+        self.options = opts
+        self.context: contextvars.Context | None = None  # the class's own
+        self.routing: ThreadSensitiveContext | None = None  # the context's, to the DB thread
+        # M has D's connection objects for the class until this gives them back.
+        self.give_back: Callable[[], None] | None = None
+        self.unpin: Callable[[], None] | None = None  # the threads' CPU masks, restored
+        self.loop: ClassLoop | None = None  # with any loop_scope but "test"
+        # Set up, until tearDownClass: a test's rollback may set the next test up.
+        self.set_up = False
+        self.next_pre_setup: Future[Any] | None = None  # queued for the next test
+        self.lost: str | None = None  # why the class's transaction is gone, if it is
+        self.cleaned_up = False  # tearDownClass ran the class cleanups already
+
+
+def state_of(klass: type) -> ClassState | None:
+    """``klass``'s state, between its ``setUpClass`` and its last hook."""
+    return klass.__dict__.get("_djat_state")
+
+
+def class_options(klass: type) -> Options:
+    """The options of ``klass``: those it was set up with, or (outside its set-up) its own."""
+    state = state_of(klass)
+    return options(klass) if state is None else state.options
+
+
+def class_loop(klass: type) -> ClassLoop | None:
+    """The loop of ``klass`` while it is set up, with any ``loop_scope`` but ``"test"``."""
+    state = state_of(klass)
+    return None if state is None else state.loop
+
 
 CLASS_HOOKS = ("setUpClass", "tearDownClass", "doClassCleanups")
 # Set while a class hook runs in place (M), for the hooks it calls through super().
@@ -135,9 +187,9 @@ def run_class_hook_on_db_thread(cls: type, name: str) -> None:
             # Ctrl-C ended the run and, with the DB thread, the class's transaction;
             # pytest still tears classes down.
             return None
-        if name == "doClassCleanups" and klass.__dict__.get("_djat_cleaned_up"):
+        state = state_of(klass)
+        if name == "doClassCleanups" and state is not None and state.cleaned_up:
             # Run by tearDownClass already (_tear_down).
-            del klass._djat_cleaned_up
             _class_done(klass)
             return None
         if db.stopped and name == "doClassCleanups":
@@ -174,13 +226,11 @@ def _set_up_class(
 ) -> Any:
     # M.
     __tracebackhide__ = True
-    if "_djat_cleaned_up" in klass.__dict__:
-        # Left by a run of the class whose doClassCleanups never came (debug(), Ctrl-C).
-        del klass._djat_cleaned_up
-    # What such a run left undone: its loop, its context's routing, its threads' CPU masks.
+    # What a run of the class whose doClassCleanups never came (debug(), Ctrl-C) left
+    # undone: its loop, its context's routing, its threads' CPU masks.
     _class_done(klass)
     opts = options(klass)
-    klass._djat_options = opts
+    state = klass._djat_state = ClassState(opts)
     if opts.loop_scope == "test":
         for hook in ("asyncSetUpClass", "asyncTearDownClass"):
             if _defines(klass, hook):
@@ -194,16 +244,16 @@ def _set_up_class(
     ensure_test_databases(_aliases(klass))
     connect_receivers()
     if opts.cpu_affinity:
-        klass._djat_unpin = pin_together(db.thread.native_id)
+        state.unpin = pin_together(db.thread.native_id)
     set_up = _rolled_back_on_failure(_with_runner_state(func), klass)  # reads M's own
     if opts.timeout is None:
         # Sync class hooks run here, on D's connection objects, until the class is done.
-        klass._djat_give_back = lend_connections(db)
-    context = klass._djat_context = contextvars.copy_context()
+        state.give_back = lend_connections(db)
+    context = state.context = contextvars.copy_context()
     # Thread-sensitive calls made in the class's context, and in its tests'
     # (copies of it), go to D, until the class is done; a test that runs async
     # code routes its own context too (see AsyncTestMixin._callSetUp).
-    klass._djat_class_routing = context.run(enter_routing, db)
+    state.routing = context.run(enter_routing, db)
     if (
         issubclass(klass, TestCase)
         and uses_async_backend()
@@ -222,7 +272,7 @@ def _set_up_class(
                 _start_class_loop(db, klass, context, opts)
         except asyncio.CancelledError as exc:
             raise _cancelled(klass, "setUpClass") from exc
-        klass._djat_set_up = True
+        state.set_up = True
         return result
     # M runs an event loop while D sets the class up, so that an async
     # setUpTestData, called by Django through async_to_sync on D, runs here on
@@ -245,7 +295,7 @@ def _set_up_class(
             finally:
                 loop.close()
         else:
-            class_loop = klass._djat_class_loop = ClassLoop(context, loop)
+            class_loop = state.loop = ClassLoop(context, loop)
             try:
                 result = _within_timeout(class_loop.run, loop.loop, call, klass, "setUpClass")
             except BaseException:
@@ -257,8 +307,7 @@ def _set_up_class(
             _start_class_loop(db, klass, context, opts, class_loop)
     except asyncio.CancelledError as exc:
         raise _cancelled(klass, "setUpClass") from exc
-    # Until tearDownClass, a test's rollback may set the next test up.
-    klass._djat_set_up = True
+    state.set_up = True
     return result
 
 
@@ -294,7 +343,7 @@ def _set_up_class_in_place(
         _close_class_loop(klass)  # it ran setUpTestData; each test has a loop of its own
     else:
         _start_class_loop(db, klass, context, opts, class_loop)
-    klass._djat_set_up = True
+    _state(klass).set_up = True
     return result
 
 
@@ -312,7 +361,8 @@ def _as_class_hook(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 def lends_connections(klass: Any) -> bool:
     """Whether M has D's connection objects for ``klass`` (set up in place, until it is
     done): its tests need not borrow them each."""
-    return "_djat_give_back" in klass.__dict__
+    state = state_of(klass)
+    return state is not None and state.give_back is not None
 
 
 def _on_its_thread(db: DBThread, klass: Any, func: Callable[..., T], /, *args: Any) -> T:
@@ -373,8 +423,7 @@ def _new_class_loop(klass: Any, context: contextvars.Context, opts: Any) -> Clas
     loop = loop_for(
         opts.loop_scope, klass.__module__, debug=opts.loop_debug, loop_factory=opts.loop_factory
     )
-    class_loop: ClassLoop = ClassLoop(context, loop)
-    klass._djat_class_loop = class_loop
+    class_loop = _state(klass).loop = ClassLoop(context, loop)
     return class_loop
 
 
@@ -408,7 +457,7 @@ def _within_timeout(
 ) -> T:
     """M: ``run(coro)`` on ``loop``, failing with ``TestTimeout`` after the class's ``timeout``."""
     __tracebackhide__ = True
-    timeout = klass._djat_options.timeout
+    timeout = class_options(klass).timeout
     if timeout is None:
         return run(coro)
     deadline = Deadline(loop, timeout, f"{klass.__qualname__}.{hook}", label=hook)
@@ -427,7 +476,7 @@ def _within_timeout_sync(job: Future[T], klass: Any, hook: str) -> T:
     """M: the outcome of ``job`` (D's), failing with ``TestTimeout`` after the class's
     ``timeout``."""
     __tracebackhide__ = True
-    timeout = klass._djat_options.timeout
+    timeout = class_options(klass).timeout
     if timeout is None:
         return outcome(job)
     return Deadline(None, timeout, f"{klass.__qualname__}.{hook}", label=hook).result(job)
@@ -480,10 +529,10 @@ def _tear_down_class(
 ) -> Any:
     # M.
     __tracebackhide__ = True
-    class_loop = klass.__dict__.get("_djat_class_loop")
-    for name in ("_djat_set_up", "_djat_lost"):
-        if name in klass.__dict__:
-            delattr(klass, name)
+    state = state_of(klass)
+    class_loop = None
+    if state is not None:
+        class_loop, state.set_up, state.lost = state.loop, False, None
     unused = take_next_pre_setup(klass)
     try:
         try:
@@ -535,7 +584,9 @@ def _do_class_cleanups(klass: Any) -> None:
     try:
         klass.doClassCleanups()
     finally:
-        klass._djat_cleaned_up = True
+        state = state_of(klass)
+        if state is not None:
+            state.cleaned_up = True
 
 
 def check_class_transaction(case: Any) -> None:
@@ -547,13 +598,14 @@ def check_class_transaction(case: Any) -> None:
     data; ``tearDownClass`` ends the broken atomics and the next class reconnects.
     """
     cls: Any = type(case)
-    if not issubclass(cls, TestCase) or "_djat_lost" in cls.__dict__:
-        return
+    state = state_of(cls)
+    if not issubclass(cls, TestCase) or state is None or state.lost is not None:
+        return  # no class transaction (a test run on its own), or lost already
     for alias in _aliases(cls):
         connection = connections[alias]
         # errors_occurred: Django's own flag, set by a failed query; cheap.
         if connection.errors_occurred and not connection.is_usable():
-            cls._djat_lost = (
+            state.lost = (
                 f"The connection to the database {alias!r} was lost during {case.id()}, "
                 f"and the transaction of {cls.__qualname__}, with its fixtures and "
                 "setUpTestData, went with it: the class's remaining tests cannot run. "
@@ -563,9 +615,9 @@ def check_class_transaction(case: Any) -> None:
 
 
 def raise_if_class_transaction_lost(klass: Any) -> None:
-    lost = klass.__dict__.get("_djat_lost")
-    if lost is not None:
-        raise RuntimeError(lost)
+    state = state_of(klass)
+    if state is not None and state.lost is not None:
+        raise RuntimeError(state.lost)
 
 
 def queue_next_pre_setup(case: Any) -> None:
@@ -578,7 +630,8 @@ def queue_next_pre_setup(case: Any) -> None:
     of the class follows, ``tearDownClass`` undoes it.
     """
     cls: Any = type(case)
-    if not cls.__dict__.get("_djat_set_up") or "_djat_lost" in cls.__dict__:
+    state = state_of(cls)
+    if state is None or not state.set_up or state.lost is not None:
         return  # a test run on its own, outside setUpClass/tearDownClass; or no transaction
     if issubclass(cls, TestCase):
         if not (cls._databases_support_transactions() and cls._databases_support_savepoints()):
@@ -590,14 +643,15 @@ def queue_next_pre_setup(case: Any) -> None:
         case._pre_setup()
         return case
 
-    cls._djat_next_pre_setup = db_thread().submit(pre_setup)
+    state.next_pre_setup = db_thread().submit(pre_setup)
 
 
 def take_next_pre_setup(klass: Any) -> Future[Any] | None:
     """M: the per-test setup queued for the next test of ``klass``, if any; it is now taken."""
-    pending: Future[Any] | None = klass.__dict__.get("_djat_next_pre_setup")
-    if pending is not None:
-        del klass._djat_next_pre_setup
+    state = state_of(klass)
+    if state is None:
+        return None
+    pending, state.next_pre_setup = state.next_pre_setup, None
     return pending
 
 
@@ -620,49 +674,54 @@ def _in_class_context(func: Callable[..., T], klass: Any, /, *args: Any, **kwarg
 
 def class_context(klass: type) -> contextvars.Context | None:
     """The context of ``klass`` between its ``setUpClass`` and its class cleanups."""
-    return klass.__dict__.get("_djat_context")
+    state = state_of(klass)
+    return None if state is None else state.context
 
 
 def _class_done(klass: Any) -> None:
     # M, after the class's last hook (doClassCleanups, which unittest and pytest
-    # call after a failed setUpClass too).
+    # call after a failed setUpClass too): nothing of it reaches the next class.
+    state = state_of(klass)
+    if state is None:
+        return
     try:
         _close_class_loop(klass)
     finally:
-        _forget_class_context(klass)
-        give_back = klass.__dict__.get("_djat_give_back")
-        if give_back is not None:
-            del klass._djat_give_back
-            give_back()
-        unpin = klass.__dict__.get("_djat_unpin")
-        if unpin is not None:
-            del klass._djat_unpin
-            unpin()
+        del klass._djat_state
+        try:
+            _exit_class_routing(state)
+        finally:
+            try:
+                if state.give_back is not None:
+                    state.give_back()
+            finally:
+                if state.unpin is not None:
+                    state.unpin()
 
 
-def _forget_class_context(klass: Any) -> None:
-    # M, after the class's last hook: nothing of it reaches the next class.
-    context = klass.__dict__.get("_djat_context")
-    if context is None:
+def _exit_class_routing(state: ClassState) -> None:
+    if state.context is None or state.routing is None:
         return
-    del klass._djat_context
-    routing = klass.__dict__.get("_djat_class_routing")
-    if routing is not None:
-        del klass._djat_class_routing
-        db = running_db_thread()
-        if db is not None and db.abandoned_by is not None:
-            # The context may still be entered by the sync code the DB thread was
-            # left to (a setUpClass stuck past its timeout); nothing uses it again.
-            return
-        context.run(exit_routing, routing)
+    db = running_db_thread()
+    if db is not None and db.abandoned_by is not None:
+        # The context may still be entered by the sync code the DB thread was
+        # left to (a setUpClass stuck past its timeout); nothing uses it again.
+        return
+    state.context.run(exit_routing, state.routing)
 
 
 def _close_class_loop(klass: Any) -> None:
-    # M, after the class's last hook (doClassCleanups runs even when setUpClass failed).
-    loop = klass.__dict__.get("_djat_class_loop")
-    if loop is not None:
-        del klass._djat_class_loop
+    # M, after the class's last hook, or when its set-up failed.
+    state = state_of(klass)
+    if state is not None and state.loop is not None:
+        loop, state.loop = state.loop, None
         loop.close()
+
+
+def _state(klass: type) -> ClassState:
+    state = state_of(klass)
+    assert state is not None, f"{klass.__qualname__} is not set up"
+    return state
 
 
 def default_hook(func: Callable[..., T]) -> Callable[..., T]:
@@ -718,14 +777,14 @@ class _AsyncSetUpTestData:
             __tracebackhide__ = True
             if loop_running():
                 return func(owner, *args, **kwargs)
-            class_loop = owner.__dict__.get("_djat_class_loop")
-            if class_loop is None or not _IN_CLASS_HOOK.get():
+            loop = class_loop(owner)
+            if loop is None or not _IN_CLASS_HOOK.get():
                 return async_to_sync(func)(owner, *args, **kwargs)
             # M, setting the class up in place: on its loop, in a copy of the
             # context, whose changes come back as async_to_sync brings them.
             context = contextvars.copy_context()
             try:
-                return class_loop.loop.run(func(owner, *args, **kwargs), context)
+                return loop.loop.run(func(owner, *args, **kwargs), context)
             finally:
                 adopt(context)
 
