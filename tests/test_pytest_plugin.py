@@ -763,6 +763,37 @@ def test_blocking_detector_and_leak_report(project: pytest.Pytester) -> None:
     assert "task None" not in result.stdout.str()
 
 
+def test_leak_report_of_a_database_test_still_rolls_it_back(project: pytest.Pytester) -> None:
+    """The leaks of an async-DB test are reported before its rollback, as a test class's
+    are; a report that raises (warnings as errors) still leaves the database clean."""
+    project.makepyfile(
+        test_leaks="""
+        import asyncio
+        import pytest
+        from tests.testapp.models import Item
+
+        pytestmark = pytest.mark.django_db
+
+
+        async def test_leaves_a_task():
+            await Item.objects.acreate(name="pen")
+            asyncio.get_running_loop().create_task(asyncio.sleep(10))
+
+
+        async def test_starts_clean():
+            assert await Item.objects.acount() == 0
+        """
+    )
+    result = run(project, "-W", "error::djasynctest.PendingTaskWarning", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E * djasynctest.PendingTaskWarning: test_leaks.py::test_leaves_a_task left behind:",
+            "*task sleep (<coroutine object sleep at *>) is still pending",
+        ]
+    )
+
+
 def test_ini_options_and_settings_give_the_defaults(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_options="""

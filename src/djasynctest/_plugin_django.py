@@ -93,6 +93,9 @@ def database_on_db_thread(
             else:
                 test.wait(db.submit(_first_database_step, steps, connection_state()))
             undo.callback(_last_database_step, test, db, steps, name)
+            # As for a test class: the leaks, after the test's own teardown and before
+            # the rollback (once; the test's loop fixture finds nothing left to say).
+            undo.callback(_check_leaks, test)
             # M: from here on, thread-sensitive calls made in this context, and in
             # the copies that every fixture's and the test's coroutine runs in, go to D.
             undo.callback(exit_routing, enter_routing(db))
@@ -108,6 +111,12 @@ def database_on_db_thread(
             yield
 
     return database
+
+
+def _check_leaks(test: ItemRun) -> None:
+    __tracebackhide__ = True
+    if test.run is not None:
+        test.run.check_leaks()
 
 
 def _bridge_async_backend(request: pytest.FixtureRequest) -> Any:

@@ -24,7 +24,8 @@ runs it, the sync code; D = the DB thread):
    share), the test on the loop of its ``loop_scope``. Each run is watched by
    the blocking detector. ``_djasynctest_function_loop``, the first function
    fixture, is the test's ``Run``: it carries the test's timeout, and reports
-   its leaks after the teardown of every other function fixture.
+   its leaks after the teardown of every other function fixture (an async-DB
+   test's before its rollback, as a test class's).
 
 This module holds pytest's hooks and the plugin's fixtures; ``_plugin_item`` an
 item's options and state, ``_plugin_django`` and ``_plugin_asyncio`` all that
