@@ -789,7 +789,7 @@ def test_leak_report_of_a_database_test_still_rolls_it_back(project: pytest.Pyte
     result.stdout.fnmatch_lines(
         [
             "E * djasynctest.PendingTaskWarning: test_leaks.py::test_leaves_a_task left behind:",
-            "*task sleep (<coroutine object sleep at *>) is still pending",
+            "*task * (<coroutine object sleep at *>) is still pending",
         ]
     )
 
