@@ -223,7 +223,15 @@ def example(session: nox.Session) -> None:
     session.install("-e", ".", "-r", "examples/shop/requirements.txt")
     session.chdir("examples/shop")
     session.run("python", "-W", "error", "manage.py", "test", *session.posargs)
-    session.run("python", "-W", "error", "-m", "pytest", "orders/tests/test_pytest_style.py")
+    session.run(
+        "python",
+        "-W",
+        "error",
+        "-m",
+        "pytest",
+        "orders/tests/test_pytest_style.py",
+        "orders/tests/test_pytest_scoped.py",
+    )
 
 
 @nox.session(python=None, tags=["ci"])

@@ -210,6 +210,11 @@ MIXED_AHEAD_OF_DJANGO = 2.0
 SESSION_AT_MOST_CLASS = 1.05
 # A published suite swapped to our classes, over its published run (wall time).
 PUBLISHED_AT_MOST = 1.1
+# pytest, a module of tests that share rows: a module fixture is this much faster than
+# making the rows for each test, at least, and costs at most this much over a TestCase
+# class with setUpTestData (noise allowed).
+SCOPED_AT_LEAST = 10.0
+SCOPED_AT_MOST_TESTCASE = 1.1
 
 
 def make_class(base: type, attrs: dict[str, Any], count: int) -> type:
@@ -674,6 +679,75 @@ def pytest_style_costs(rounds: int) -> dict[str, Cost]:
     return {name: median(costs) for name, costs in runs.items()}
 
 
+# A module of 50 tests that share 100 rows, three ways (pytest-style, sync tests). Each
+# test reads the objects and counts the rows.
+SCOPED_TESTS, SCOPED_ROWS = 50, 100
+SCOPED_STYLE = {
+    "module fixture (db_module)": (
+        "@pytest.fixture(scope='module')\n"
+        "def catalogue(db_module):\n"
+        "    return [Item.objects.create(name=f'item {{p}}', price=p) for p in range({rows})]\n\n\n"
+        "@pytest.mark.parametrize('n', range({tests}))\n"
+        "def test_catalogue(catalogue, db, n):\n"
+        "    assert catalogue[0].price == 0\n"
+        "    assert Item.objects.count() == {rows}\n"
+    ),
+    "rows made per test (db)": (
+        "@pytest.fixture\n"
+        "def catalogue(db):\n"
+        "    return [Item.objects.create(name=f'item {{p}}', price=p) for p in range({rows})]\n\n\n"
+        "@pytest.mark.parametrize('n', range({tests}))\n"
+        "def test_catalogue(catalogue, db, n):\n"
+        "    assert catalogue[0].price == 0\n"
+        "    assert Item.objects.count() == {rows}\n"
+    ),
+    "TestCase class, setUpTestData": (
+        "from django.test import TestCase\n\n\n"
+        "class TestCatalogue(TestCase):\n"
+        "    @classmethod\n"
+        "    def setUpTestData(cls):\n"
+        "        cls.catalogue = [\n"
+        "            Item.objects.create(name=f'item {{p}}', price=p) for p in range({rows})\n"
+        "        ]\n\n"
+        "    def check(self):\n"
+        "        assert self.catalogue[0].price == 0\n"
+        "        assert Item.objects.count() == {rows}\n\n"
+        "    for n in range({tests}):\n"
+        "        locals()[f'test_catalogue_{{n}}'] = check\n"
+    ),
+}
+
+
+def scoped_fixture_costs(rounds: int) -> dict[str, Cost]:
+    """Per module of SCOPED_TESTS tests sharing SCOPED_ROWS rows, under pytest with the
+    plugin: a module fixture, the rows made for each test, a TestCase with
+    setUpTestData. A run of 1 module and one of 4 (each in a pytest process of its own):
+    the difference, over 3, leaves out the process's start-up. The median of ``rounds``."""
+    runs: dict[str, list[Cost]] = {name: [] for name in SCOPED_STYLE}
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([folder, str(ROOT)])}
+        env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+        base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        base += ["-p", "no:asyncio", "-p", "djasynctest.pytest"]
+        for _ in range(rounds):
+            for style, body in SCOPED_STYLE.items():
+                spent = {}
+                for modules in (1, 4):
+                    package = Path(folder) / f"scoped_{modules}"
+                    package.mkdir(exist_ok=True)
+                    for number in range(modules):
+                        (package / f"test_scoped_{number}.py").write_text(
+                            "import pytest\n\nfrom tests.testapp.models import Item\n\n\n"
+                            + body.format(tests=SCOPED_TESTS, rows=SCOPED_ROWS)
+                        )
+                    spent[modules] = run_child([*base, str(package)], cwd=ROOT, env=env)
+                    for module in package.iterdir():
+                        module.unlink()
+                difference = [b - a for a, b in zip(spent[1], spent[4], strict=True)]
+                runs[style].append(per(difference, 3))
+    return {style: median(costs) for style, costs in runs.items()}
+
+
 # unit: (seconds to the unit, decimals)
 UNITS = {"s": (1.0, 2), "ms": (1e3, 3), "us": (1e6, 1)}
 
@@ -733,6 +807,15 @@ def target_lines(results: dict[str, Any]) -> list[str]:
     ahead = ratio(mixed["trivial"], DJANGO_ASYNC, "AsyncTestCase, loop per class")
     subject = "mixed, trivial: Django's async def / loop per class"
     lines.append(target_line(subject, ahead, ">=", MIXED_AHEAD_OF_DJANGO))
+    scoped = results.get("scoped")
+    if scoped:
+        module = scoped["module fixture (db_module)"]["cpu"]
+        faster = scoped["rows made per test (db)"]["cpu"] / module
+        subject = "pytest: module fixture, faster than rows made per test"
+        lines.append(target_line(subject, faster, ">=", SCOPED_AT_LEAST))
+        measured = module / scoped["TestCase class, setUpTestData"]["cpu"]
+        subject = "pytest: module fixture / TestCase with setUpTestData"
+        lines.append(target_line(subject, measured, "<=", SCOPED_AT_MOST_TESTCASE))
     published = results.get("published")
     if published:
         measured = published["swapped"]["wall"] / published["published"]["wall"]
@@ -778,6 +861,13 @@ def print_table(results: dict[str, Any]) -> None:
             f"Live server, a GET per test ({results['live_server_tests_per_class']} per class):",
             results["live_server"],
             "TestCase, test client (sync)",
+            width=48,
+        )
+    if "scoped" in results:
+        print_costs(
+            f"pytest, a module of {SCOPED_TESTS} tests sharing {SCOPED_ROWS} rows (per module):",
+            results["scoped"],
+            "TestCase class, setUpTestData",
             width=48,
         )
     if "pytest_style" in results:
@@ -860,6 +950,7 @@ def main() -> None:
     if not options.quick:
         results["published"] = published_suite_costs(rounds)
         results["pytest_style"] = pytest_style_costs(rounds)
+        results["scoped"] = scoped_fixture_costs(rounds)
         results["parallel"] = parallel_speedup()
         results["resources"] = resources_after(5000)
     print_table(results)

@@ -271,8 +271,10 @@ def test_asyncio_runner_run_as_run_on_mirrors_it() -> None:
 
 
 def test_pytest_django_chooses_its_test_case_as_the_plugin_reads_it() -> None:
-    """_plugin_django._bridge_async_backend reads pytest-django's choice of TestCase or
-    TransactionTestCase for a test the way _django_db_helper makes it."""
+    """_plugin_django.is_transactional reads pytest-django's choice of TestCase or
+    TransactionTestCase for a test the way _django_db_helper makes it; a TestCase's
+    class-level set-up (which would close the connections) is skipped, so that the test's
+    transaction nests in the scoped fixtures' (_plugin_scopes)."""
     import pytest
     from pytest_django import fixtures
 
@@ -286,6 +288,32 @@ def test_pytest_django_chooses_its_test_case_as_the_plugin_reads_it() -> None:
         assert line in helper, line
     marker = pytest.mark.django_db(databases=["default"]).mark
     assert fixtures.validate_django_db(marker) == (False, False, ["default"], False, None)
+    assert "super(django.test.TestCase, cls).tearDownClass()" in helper
+
+
+def test_pytest_django_sets_up_the_databases_its_tests_use() -> None:
+    """_plugin_django.databases_set_up: the scoped fixtures' transactions are on the
+    databases that django_db_setup makes, as _get_databases_for_setup computes them."""
+    from pytest_django import fixtures
+
+    assert "_get_databases_for_setup(request.session.items)" in source(
+        fixtures.django_db_setup.__wrapped__  # type: ignore[attr-defined]
+    )
+    assert fixtures._get_databases_for_setup([]) == (set(), set())
+
+
+def test_pytest_fixture_definitions_as_the_scopes_use_them() -> None:
+    """_plugin_scopes tears scoped fixtures down early, as pytest does when a parameter
+    changes (FixtureDef.finish, which also forgets a refused fixture's error), and rolls a
+    fixture's transaction back in pytest_fixture_post_finalizer, which runs after its
+    teardown."""
+    from _pytest import fixtures
+
+    execute = source(fixtures.FixtureDef.execute)
+    assert "self.finish(request)" in execute
+    assert "pytest_fixture_post_finalizer(" in execute
+    assert "self.cached_result = None" in source(fixtures.FixtureDef.finish)
+    assert list(inspect.signature(fixtures.FixtureDef.finish).parameters) == ["self", "request"]
 
 
 def test_threading_exit_hooks_run_before_concurrent_futures_joins_its_threads() -> None:

@@ -100,6 +100,10 @@ async def test_rows_of_the_tests_before_are_gone():
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A pytest project on tests/pytestproject's settings, with the plugin enabled."""
+    return make_project(pytester, monkeypatch)
+
+
+def make_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.pytestproject.settings")
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

@@ -121,33 +121,47 @@ def _check_leaks(test: ItemRun) -> None:
 
 def _bridge_async_backend(request: pytest.FixtureRequest) -> Any:
     """M: for a test in a rolled-back transaction (pytest-django's ``db``), the aliases
-    whose django-async-backend connections join it (see _asyncbackend); None otherwise.
-
-    pytest-django's own choice of test case, as ``_django_db_helper`` makes it.
-    """
-    if not uses_async_backend():
+    whose django-async-backend connections join it (see _asyncbackend); None otherwise."""
+    if not uses_async_backend() or is_transactional(request.node):
         return None
     from django.db import connections
-    from pytest_django.fixtures import validate_django_db
 
-    marker = request.node.get_closest_marker("django_db")
-    transactional, reset_sequences, databases = False, False, None
-    if marker is not None:
-        transactional, reset_sequences, databases, _, _ = validate_django_db(marker)
-    fixtures = request.fixturenames
-    if (
-        transactional
-        or reset_sequences
-        or not {
-            "transactional_db",
-            "live_server",
-            "django_db_reset_sequences",
-        }.isdisjoint(fixtures)
-    ):
-        return None
+    databases = _marked(request.node)[2]
     if databases is None:
         return bridge_async_backend({"default"})
     return bridge_async_backend(set(connections) if databases == "__all__" else set(databases))
+
+
+def is_transactional(item: pytest.Item) -> bool:
+    """Whether pytest-django runs ``item`` as a ``TransactionTestCase`` (its own choice,
+    as ``_django_db_helper`` makes it)."""
+    transactional, reset_sequences, *_ = _marked(item)
+    fixtures = getattr(item, "fixturenames", ())
+    return bool(
+        transactional
+        or reset_sequences
+        or not {"transactional_db", "live_server", "django_db_reset_sequences"}.isdisjoint(fixtures)
+    )
+
+
+def databases_set_up(items: list[pytest.Item]) -> set[str]:
+    """The aliases of the test databases that pytest-django's ``django_db_setup`` makes
+    for ``items``."""
+    from pytest_django.fixtures import _get_databases_for_setup
+
+    aliases, _ = _get_databases_for_setup(items)
+    return aliases
+
+
+def _marked(item: pytest.Item) -> tuple[Any, ...]:
+    """pytest-django's reading of the item's ``django_db`` mark: (transaction,
+    reset_sequences, databases, serialized_rollback, available_apps)."""
+    from pytest_django.fixtures import validate_django_db
+
+    marker = item.get_closest_marker("django_db")
+    if marker is None:
+        return False, False, None, False, None
+    return tuple(validate_django_db(marker))
 
 
 def close_async_backend(test: ItemRun, loop: asyncio.AbstractEventLoop | None = None) -> None:

@@ -6,7 +6,9 @@ runs it, the sync code; D = the DB thread):
 
 1. An item is *async-DB* when pytest-django sets its database up (``db``,
    ``transactional_db``, ``django_db``) and its test function or a fixture in
-   its closure is ``async def``. Other items run as pytest-django runs them.
+   its closure is ``async def``, or a scoped database fixture is open or in its
+   closure (see ``_plugin_scopes``: ``db_module`` and the others). Other items
+   run as pytest-django runs them.
 2. For an async-DB item, pytest-django's ``_django_db_helper`` (the per-test
    ``TestCase``, its transaction) runs on D's connection objects, which M
    borrows (with a ``timeout``: on D), and M's context enters the routing
@@ -28,8 +30,9 @@ runs it, the sync code; D = the DB thread):
    test's before its rollback, as a test class's).
 
 This module holds pytest's hooks and the plugin's fixtures; ``_plugin_item`` an
-item's options and state, ``_plugin_django`` and ``_plugin_asyncio`` all that
-touches pytest-django's and pytest-asyncio's internals.
+item's options and state, ``_plugin_scopes`` the transactions of the scoped
+database fixtures, ``_plugin_django`` and ``_plugin_asyncio`` all that touches
+pytest-django's and pytest-asyncio's internals.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from djasynctest._plugin_django import (
     ON_COMMIT,
     STAY_ON_MAIN_THREAD,
     database_on_db_thread,
+    is_transactional,
     sync_fixture,
     tool_on_db_thread,
 )
@@ -83,6 +87,19 @@ from djasynctest._plugin_item import (
     options_of,
     warn_at_item,
 )
+from djasynctest._plugin_scopes import (  # the fixtures: pytest finds them here
+    DB_FIXTURES,
+    RESTORED,
+    SCOPES_KEY,
+    _djasynctest_restored,  # noqa: F401
+    before_item,
+    db_class,  # noqa: F401
+    db_module,  # noqa: F401
+    db_package,  # noqa: F401
+    db_session,  # noqa: F401
+    scopes_of,
+)
+from djasynctest._plugin_scopes import fixture_setup as scoped_fixture_setup
 from djasynctest._routing import (
     adopt,
 )
@@ -161,15 +178,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     now.phase = "setup"
-    if not isinstance(item, pytest.Function) or _is_unittest(item):
+    if not isinstance(item, pytest.Function):
         return
+    if _is_unittest(item):
+        from django.test import TransactionTestCase
+
+        if item.cls is not None and issubclass(item.cls, TransactionTestCase):
+            scopes_of(item.config).close_all()  # its class transaction is its own
+        return
+    scoped = before_item(item, transactional=is_transactional(item))
     config = item.config
     fixturedefs = [defs[-1] for defs in item._fixtureinfo.name2fixturedefs.values() if defs]
     async_fixtures = [d for d in fixturedefs if is_async(d.func)]
     claimed_test = asyncio_mode(config) is not None and is_pytest_asyncio_test(item)
     async_test = inspect.iscoroutinefunction(item.obj)
     uses_db = bool(
-        (async_test or async_fixtures)
+        (async_test or async_fixtures or scoped)
         and ("_django_db_helper" in item.fixturenames or item.get_closest_marker("django_db"))
     )
     in_place = options_of(item).timeout is None
@@ -182,26 +206,33 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         d.scope == "function" and not claimed_by_pytest_asyncio(config, d.func)
         for d in async_fixtures
     )
+    first = _first_function_fixture(item)
+    if not DB_FIXTURES.isdisjoint(item.fixturenames):
+        # Before the test's own fixtures: torn down after them.
+        item.fixturenames.insert(first, RESTORED)
     if not (uses_db or needs_loop):
         return
     item.stash[ITEM_RUN] = ItemRun(uses_db=uses_db, runs=runs, in_place=in_place)
     if needs_loop and _FUNCTION_LOOP not in item.fixturenames:
         # First of the function fixtures: its timeout covers them all, and it
         # closes (reporting leaks) after their teardown.
-        defs = item._fixtureinfo.name2fixturedefs
-        first = next(
-            (
-                i
-                for i, name in enumerate(item.fixturenames)
-                if defs.get(name) and defs[name][-1].scope == "function"
-            ),
-            len(item.fixturenames),
-        )
         item.fixturenames.insert(first, _FUNCTION_LOOP)
         if uses_db and "django_db_setup" not in item.fixturenames:
             # The test databases (pytest-django's session fixture, which the db fixtures
             # request only as they run) are made before the test's timeout starts.
             item.fixturenames.insert(first, "django_db_setup")
+
+
+def _first_function_fixture(item: pytest.Function) -> int:
+    defs = item._fixtureinfo.name2fixturedefs
+    return next(
+        (
+            i
+            for i, name in enumerate(item.fixturenames)
+            if defs.get(name) and defs[name][-1].scope == "function"
+        ),
+        len(item.fixturenames),
+    )
 
 
 def _is_unittest(item: pytest.Function) -> bool:
@@ -242,17 +273,28 @@ def pytest_fixture_setup(
     replacement = _replacement(fixturedef, request)
     outer_scope, now.fixture_scope = now.fixture_scope, fixturedef.scope
     try:
-        if replacement is None:
-            value = yield
-        else:
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(fixturedef, "func", replacement)
+        with scoped_fixture_setup(fixturedef, request) as refused:
+            replacement = refused or replacement
+            if replacement is None:
                 value = yield
+            else:
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(fixturedef, "func", replacement)
+                    value = yield
     finally:
         now.fixture_scope = outer_scope
     if is_pytest_asyncio_runner(fixturedef):
         watch_pytest_asyncio_runner(value, fixturedef, request)
     return value
+
+
+@pytest.hookimpl
+def pytest_fixture_post_finalizer(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    scopes = request.config.stash.get(SCOPES_KEY, None)
+    if scopes is not None:
+        scopes.after_teardown(fixturedef)
 
 
 def _replacement(
