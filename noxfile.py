@@ -219,7 +219,7 @@ def release(session: nox.Session) -> None:
 @nox.session(python=None)
 def example(session: nox.Session) -> None:
     """The example project's async test suites, on SQLite, as a user runs them: the
-    unittest classes under manage.py test, the pytest-style module under pytest."""
+    unittest classes under manage.py test, the pytest-style modules under pytest."""
     session.install("-e", ".", "-r", "examples/shop/requirements.txt")
     session.chdir("examples/shop")
     session.run("python", "-W", "error", "manage.py", "test", *session.posargs)
@@ -231,6 +231,7 @@ def example(session: nox.Session) -> None:
         "pytest",
         "orders/tests/test_pytest_style.py",
         "orders/tests/test_pytest_scoped.py",
+        "orders/tests/test_pytest_live.py",
     )
 
 

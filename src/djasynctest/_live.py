@@ -80,6 +80,7 @@ class LiveServer:
         self.socket = _listening_socket(host)
         self.host = host
         self.port: int = self.socket.getsockname()[1]
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it serves on
         self._server: asyncio.Server | None = None
 
     @property
@@ -101,6 +102,7 @@ class LiveServer:
         except BaseException:
             self.socket.close()
             raise
+        self.loop = loop
 
     async def settle(self) -> None:
         """Let the requests in flight finish, within a grace; cancel those that do not.
@@ -130,6 +132,32 @@ class LiveServer:
         for connection in list(self.state.connections):
             connection.transport.close()
         await asyncio.wait_for(server.wait_closed(), _STOP_TIMEOUT)
+
+
+def prepare_to_serve() -> None:
+    """Before a live server's first test (M): uvicorn is there, and OpenSSL set up."""
+    _uvicorn()  # a missing extra fails now, before any test
+    # OpenSSL sets itself up with the first SSL context of the process, reading its
+    # configuration: 0.1 s on a busy machine with a cold disk cache. Here, then, not on
+    # the loop of the first test that makes an HTTP client (httpx makes a context even
+    # with verify=False), where the blocking detector would rightly report it.
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def application(app: Any, *, serve_static: bool) -> Any:
+    """The ASGI application a live server serves: ``app`` (or its dotted path; None:
+    Django's own), with the static files of the finders when ``serve_static``."""
+    if isinstance(app, str):
+        app = import_string(app)
+    if app is None:
+        from django.core.asgi import get_asgi_application
+
+        app = get_asgi_application()
+    if serve_static and apps.is_installed("django.contrib.staticfiles"):
+        from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+        app = ASGIStaticFilesHandler(app)
+    return app
 
 
 class AsyncLiveServerTestCase(AsyncTestCase):
@@ -164,30 +192,10 @@ class AsyncLiveServerTestCase(AsyncTestCase):
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
-        _uvicorn()  # a missing extra fails the class, before any test
-        # OpenSSL sets itself up with the first SSL context of the process, reading its
-        # configuration: 0.1 s on a busy machine with a cold disk cache. Here, then, not
-        # on the loop of the first test that makes an HTTP client (httpx makes a context
-        # even with verify=False), where the blocking detector would rightly report it.
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        prepare_to_serve()
         cls.enterClassContext(modify_settings(ALLOWED_HOSTS={"append": cls.host}))
         # Once per class: Django loads its middleware each time it makes a handler.
-        cls._djat_application = cls._djat_load_application()
-
-    @classmethod
-    def _djat_load_application(cls) -> Any:
-        app = cls.asgi_application
-        if isinstance(app, str):
-            app = import_string(app)
-        if app is None:
-            from django.core.asgi import get_asgi_application
-
-            app = get_asgi_application()
-        if cls.serve_static and apps.is_installed("django.contrib.staticfiles"):
-            from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-            app = ASGIStaticFilesHandler(app)
-        return app
+        cls._djat_application = application(cls.asgi_application, serve_static=cls.serve_static)
 
     @classmethod
     async def _djat_class_started(cls) -> None:

@@ -87,6 +87,12 @@ from djasynctest._plugin_item import (
     options_of,
     warn_at_item,
 )
+from djasynctest._plugin_live import (  # the fixtures: pytest finds them here
+    SCOPE_INI,
+    _djasynctest_live_server,  # noqa: F401
+    async_live_server,  # noqa: F401
+    check_server_scope,
+)
 from djasynctest._plugin_scopes import (  # the fixtures: pytest finds them here
     DB_FIXTURES,
     RESTORED,
@@ -128,6 +134,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     }
     for name in PYTEST_OPTIONS:
         parser.addini(f"djasynctest_{name}", f"djasynctest: {helps[name]}.", default="")
+    parser.addini(
+        SCOPE_INI,
+        "djasynctest: the scope of async_live_server: function (default), class, module "
+        "or session.",
+        default="",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -159,6 +171,7 @@ def pytest_configure(config: pytest.Config) -> None:
             except TypeError as exc:
                 raise pytest.UsageError(str(exc)) from None
     config.stash[INI] = given
+    check_server_scope(config)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
