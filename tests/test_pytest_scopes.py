@@ -518,3 +518,29 @@ def test_a_test_without_the_database_cannot_query(project: pytest.Pytester) -> N
     result = run(project, "-p", "no:randomly")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*RuntimeError: Database access not allowed*"])
+
+
+def test_a_reused_database_keeps_nothing(project: pytest.Pytester) -> None:
+    """A run stopped at its first failure (-x) inside a module's transaction leaves no row
+    in the database that --reuse-db keeps for the next run."""
+    project.makepyfile(
+        test_a_stops="""
+        import pytest
+        from tests.testapp.models import Item
+
+
+        @pytest.fixture(scope="module")
+        def pens(db_module):
+            return [Item.objects.create(name=f"item {i}") for i in range(3)]
+
+
+        def test_fails(pens, db):
+            raise AssertionError("stop here")
+        """,
+        test_catalogue=CATALOGUE,
+        test_later=LATER_MODULE,
+    )
+    stopped = run(project, "-p", "no:randomly", "--reuse-db", "-x")
+    stopped.assert_outcomes(failed=1)
+    run(project, "-p", "no:randomly", "--reuse-db", "-k", "not stops").assert_outcomes(passed=6)
+    run(project, "-p", "no:randomly", "--create-db", "-k", "catalogue").assert_outcomes(passed=5)
