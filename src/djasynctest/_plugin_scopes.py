@@ -148,16 +148,17 @@ def fixture_setup(
     if scope == "function" or not (ours or _asks_for_database(scopes, fixturedef.argnames)):
         yield None
         return
-    refused: str | None = None
+    refused: BaseException | None = None
     try:
         level = _open_level(scopes, fixturedef, request)
-    except pytest.fail.Exception as exc:
-        refused = str(exc)
+    except (Exception, pytest.fail.Exception) as exc:
+        refused = exc
     if refused is not None:
+        # Raised by the fixture, as pytest reports a fixture's error; then forgotten, so
+        # that a later test may set the fixture up.
         try:
-            yield functools.partial(_refuse, refused)
+            yield functools.partial(_raise, refused)
         finally:
-            # pytest forgets the error: a later test may set the fixture up.
             fixturedef.finish(request)  # type: ignore[arg-type]
         return
     try:
@@ -210,9 +211,9 @@ def _open_level(
     return level
 
 
-def _refuse(message: str, **kwargs: Any) -> None:
+def _raise(error: BaseException, **kwargs: Any) -> None:
     __tracebackhide__ = True
-    pytest.fail(message, pytrace=False)
+    raise error
 
 
 def _before_teardown(scopes: Scopes, level: _Level) -> None:
