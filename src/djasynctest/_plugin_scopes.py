@@ -296,10 +296,9 @@ class _Access:
         if self._undo is not None:
             return
         with contextlib.ExitStack() as undo:
-            self.db.idle()
-            undo.callback(lend_connections(self.db))
-            self.blocker.unblock()
-            undo.callback(self.blocker.restore)
+            # As a scope's transaction is opened and rolled back (_open_level, _close).
+            undo.enter_context(self.blocker.unblock())
+            undo.enter_context(_borrowed(self.db))
             self._undo = undo.pop_all()
 
     def close(self) -> None:
